@@ -1,0 +1,39 @@
+"""int8 forward kernels at the real layer shapes of the three reference models, batch 1, against the
+obvious vectorised NumPy implementation (bench/numpy_ref.py). Correctness is asserted before timing;
+the kernel is compiled outside the timer; MACs are in extra_info (GMAC/s = macs / mean time)."""
+
+import numpy as np
+import pytest
+
+from bench import numpy_ref
+from bench.layers import random_conv_args, unique_layers
+from microtrain.kernels.conv2d import conv2d_s8
+from microtrain.kernels.depthwise import depthwise_conv_s8
+from microtrain.kernels.pointwise import pointwise_conv_s8
+
+KERNELS = {
+    "conv2d": (conv2d_s8, numpy_ref.conv2d_s8, True),
+    "depthwise": (depthwise_conv_s8, numpy_ref.depthwise_conv_s8, True),
+    "pointwise": (pointwise_conv_s8, numpy_ref.pointwise_conv_s8, False),
+}
+CASES = [(kind,) + layer for kind in KERNELS for layer in unique_layers(kind)]
+
+
+@pytest.mark.parametrize("impl", ["microtrain", "numpy"])
+@pytest.mark.parametrize("case", CASES, ids=[c[1] for c in CASES])
+def test_forward_s8(benchmark, case, impl):
+    kind, lid, model, op, xin, yout, macs = case
+    fast, ref, spatial = KERNELS[kind]
+    args = random_conv_args(op, xin, batch=1)
+    geo = (op.stride, op.pad) if spatial else ()
+    expect = ref(*args, *geo)
+    y = np.empty((1,) + tuple(yout), np.int8)
+    fast(y, *args, *geo)  # compile outside the timer
+    np.testing.assert_array_equal(y, expect)  # never time a wrong kernel
+    benchmark.group = f"{kind}_s8"
+    benchmark.extra_info.update(macs=macs, model=model, layer=op.name, bytes_in=int(np.prod(xin)),
+                                bytes_out=int(np.prod(yout)))
+    if impl == "microtrain":
+        benchmark(fast, y, *args, *geo)
+    else:
+        benchmark(ref, *args, *geo)

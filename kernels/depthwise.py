@@ -1,0 +1,118 @@
+"""Depthwise 2-D convolution forward (depth multiplier 1), int8 (per-channel requantization) and fp32, NHWC.
+
+Any kernel size and stride (MCUNet uses k 3/5/7, stride 1/2), symmetric explicit padding; direct loops, no scratch.
+C twins: mt_depthwise_conv_s8, mt_depthwise_conv_f32 (docs/porting.md).
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from microtrain.config import NJIT_PARALLEL
+
+from .requant import INT32_MIN, clamp, mbqm
+
+
+@njit(**NJIT_PARALLEL)
+def depthwise_conv_s8(y, x, w, bias, mult, shift, x_zp, y_zp, act_min, act_max, stride, pad):
+    """y[..., c] = clamp(mbqm(sum_taps w[:, :, c] * (x[..., c] - x_zp) + bias[c]) + y_zp), int8 depthwise conv.
+
+    Layout:    y (N, OH, OW, C) s8 out; x (N, H, W, C) s8; w (KH, KW, C) s8 (TFLite's [1, KH, KW, C] without the
+               leading 1; symmetric, zp 0); bias (C,) s32; mult, shift (C,) s32 from requant.conv_multipliers;
+               OH = (H + 2*pad - KH) // stride + 1, OW likewise; `pad` on all four sides.
+    Ownership: writes every element of y (`=`, overwrite); allocates nothing. y must not alias x.
+    Exactness: bit-exact with TFLM tflite::reference_integer_ops::DepthwiseConvPerChannel
+               (reference/integer_ops/depthwise_conv.h) with depth_multiplier 1: out-of-image taps skipped
+               (= padding with x_zp), acc += bias, double-rounding mbqm, + y_zp, max(act_min), min(act_max).
+    Overflow:  |w * (x - x_zp)| <= 128 * 255 = 32640; a 7x7 window sums to at most 49 * 32640 = 1,599,360 < 2^21.
+               acc + bias can overflow: int32 biases at the limits occur in the real tiny-training weights
+               (dead channels), and TFLM's int32 `acc += bias` then wraps modulo 2^32 (UB in C, two's complement
+               on every TFLM target). Accumulated here in int64 (every int8 load widened), then acc + bias is
+               wrapped to int32 explicitly, so that case matches too. mbqm's pre-shift acc * 2^max(shift, 0) is
+               not wrapped: it must fit int32 (true whenever the effective scale is < 1).
+    Zero points: x_zp, y_zp are zero points; TFLM/CMSIS-NN pass input_offset = -x_zp.
+    Parallel:  prange over (batch x output rows); disjoint writes (deterministic).
+    C twin:    mt_depthwise_conv_s8
+    """
+    N, OH, OW, C = y.shape
+    H = x.shape[1]
+    W = x.shape[2]
+    KH = w.shape[0]
+    KW = w.shape[1]
+    if (x.shape[0] != N or x.shape[3] != C or w.shape[2] != C
+            or OH != (H + 2 * pad - KH) // stride + 1 or OW != (W + 2 * pad - KW) // stride + 1
+            or bias.shape[0] != C or mult.shape[0] != C or shift.shape[0] != C):
+        raise ValueError("depthwise_conv_s8: inconsistent shapes")
+    xz = np.int64(x_zp)
+    yz = np.int64(y_zp)
+    for r in prange(N * OH):
+        n = r // OH
+        oy = r - n * OH
+        iy0 = oy * stride - pad
+        for ox in range(OW):
+            ix0 = ox * stride - pad
+            for c in range(C):
+                acc = np.int64(0)
+                for ky in range(KH):
+                    iy = iy0 + ky
+                    if iy < 0 or iy >= H:
+                        continue  # tap in the padding contributes (x_zp - x_zp) * w = 0
+                    for kx in range(KW):
+                        ix = ix0 + kx
+                        if ix < 0 or ix >= W:
+                            continue
+                        acc += np.int64(w[ky, kx, c]) * (np.int64(x[n, iy, ix, c]) - xz)
+                acc += np.int64(bias[c])
+                acc = ((acc - INT32_MIN) & 0xFFFFFFFF) + INT32_MIN  # C's int32 acc + bias wraps (see Overflow)
+                v = mbqm(acc, mult[c], shift[c]) + yz
+                y[n, oy, ox, c] = np.int8(clamp(v, act_min, act_max))
+
+
+@njit(**NJIT_PARALLEL)
+def depthwise_conv_f32(y, x, w, bias, act_min, act_max, stride, pad):
+    """y[..., c] = clamp(sum_taps w[:, :, c] * x[..., c] + bias[c], act_min, act_max), fp32 depthwise conv.
+
+    Layout:    y (N, OH, OW, C) f32 out; x (N, H, W, C) f32; w (KH, KW, C) f32; bias (C,) f32;
+               OH = (H + 2*pad - KH) // stride + 1; act_min/act_max floats ((-inf, inf) none, (0, 6) ReLU6).
+    Ownership: writes every element of y (`=`, overwrite); allocates nothing. y must not alias x.
+    Exactness: float32 accumulation in TFLM tflite::reference_ops::DepthwiseConv's (float) order (filter_y,
+               filter_x, then + bias, then clamp), no fastmath; tested against float64 within
+               config.F32_RTOL / F32_ATOL.
+    Overflow:  not applicable (float32).
+    Zero points: none (fp32); padding contributes 0.
+    Parallel:  prange over (batch x output rows); disjoint writes (deterministic).
+    C twin:    mt_depthwise_conv_f32
+    """
+    N, OH, OW, C = y.shape
+    H = x.shape[1]
+    W = x.shape[2]
+    KH = w.shape[0]
+    KW = w.shape[1]
+    if (x.shape[0] != N or x.shape[3] != C or w.shape[2] != C
+            or OH != (H + 2 * pad - KH) // stride + 1 or OW != (W + 2 * pad - KW) // stride + 1
+            or bias.shape[0] != C):
+        raise ValueError("depthwise_conv_f32: inconsistent shapes")
+    lo = np.float32(act_min)
+    hi = np.float32(act_max)
+    for r in prange(N * OH):
+        n = r // OH
+        oy = r - n * OH
+        iy0 = oy * stride - pad
+        for ox in range(OW):
+            ix0 = ox * stride - pad
+            for c in range(C):
+                acc = np.float32(0.0)
+                for ky in range(KH):
+                    iy = iy0 + ky
+                    if iy < 0 or iy >= H:
+                        continue
+                    for kx in range(KW):
+                        ix = ix0 + kx
+                        if ix < 0 or ix >= W:
+                            continue
+                        acc += x[n, iy, ix, c] * w[ky, kx, c]
+                acc += bias[c]
+                if acc < lo:
+                    acc = lo
+                if acc > hi:
+                    acc = hi
+                y[n, oy, ox, c] = acc

@@ -1,0 +1,106 @@
+"""Depthwise convolution backward, fp32 (float64 also accepted): input gradient and sparse weight gradient.
+
+Differentiates `depthwise_conv_f32` / `depthwise_conv_s8` (NHWC, weights (KH, KW, C), depth multiplier 1,
+symmetric padding, taps outside the image skipped). Input and output channel coincide, so a sparse update keeps
+"channels" (MIT tiny-training masks dim 0 of the depthwise weight). QAS scaling happens in the optimizer.
+C twins: mt_depthwise_conv_f32_backward_input, mt_depthwise_conv_f32_backward_weight.
+"""
+
+from numba import njit, prange
+
+from microtrain.config import NJIT_PARALLEL
+
+
+@njit(**NJIT_PARALLEL)
+def depthwise_conv_f32_backward_input(dx, dy, w, stride, pad):
+    """dx = dL/dx of y = depthwise_conv(x, w), `=` overwrite.
+
+    Forward:   y[n, oy, ox, c] = sum_{ky, kx} x[n, oy*stride - pad + ky, ox*stride - pad + kx, c] * w[ky, kx, c].
+    So now:    dx[n, iy, ix, c] = sum over the taps (ky, kx) that read (iy, ix) from an in-range output (oy, ox)
+               of dy[n, oy, ox, c] * w[ky, kx, c].
+    Layout:    dx (N, H, W, C) out; dy (N, OH, OW, C); w (KH, KW, C); OH = (H + 2*pad - KH)//stride + 1.
+    Reads:     dy and the weights only; nothing saved from the forward pass.
+    Ownership: writes every element of dx (`=`); pixels no window reads get 0; allocates nothing. No aliasing.
+    Order:     per element, sum over (ky, kx) in that order, in the dtype of dx.
+    Parallel:  prange over (batch x input rows); disjoint writes (deterministic).
+    C twin:    mt_depthwise_conv_f32_backward_input.
+    """
+    N, H, W, C = dx.shape
+    OH = dy.shape[1]
+    OW = dy.shape[2]
+    KH = w.shape[0]
+    KW = w.shape[1]
+    if (dy.shape[0] != N or dy.shape[3] != C or w.shape[2] != C or stride < 1
+            or OH != (H + 2 * pad - KH) // stride + 1 or OW != (W + 2 * pad - KW) // stride + 1):
+        raise ValueError("depthwise_conv_f32_backward_input: inconsistent shapes")
+    for r in prange(N * H):
+        n = r // H
+        iy = r - n * H
+        for ix in range(W):
+            for c in range(C):
+                dx[n, iy, ix, c] = 0
+            for ky in range(KH):
+                ty = iy + pad - ky  # = oy * stride if output row oy read input row iy through tap ky
+                if ty < 0 or ty % stride != 0:
+                    continue
+                oy = ty // stride
+                if oy >= OH:
+                    continue
+                for kx in range(KW):
+                    tx = ix + pad - kx
+                    if tx < 0 or tx % stride != 0:
+                        continue
+                    ox = tx // stride
+                    if ox >= OW:
+                        continue
+                    for c in range(C):
+                        dx[n, iy, ix, c] += w[ky, kx, c] * dy[n, oy, ox, c]
+
+
+@njit(**NJIT_PARALLEL)
+def depthwise_conv_f32_backward_weight(dw, x_kept, dy, keep, stride, pad):
+    """dw = dL/dw of y = depthwise_conv(x, w) for the kept channels, `=` overwrite.
+
+    Forward:   y[n, oy, ox, c] = sum_{ky, kx} x[n, oy*stride - pad + ky, ox*stride - pad + kx, c] * w[ky, kx, c].
+    So now:    dw[ky, kx, k] = sum_{n, oy, ox} x_kept[n, oy*stride - pad + ky, ox*stride - pad + kx, k]
+                                              * dy[n, oy, ox, keep[k]].
+    Layout:    dw (KH, KW, K) out; x_kept (N, H, W, K): forward saved input channel keep[k] in slot k (the whole x
+               when keep = arange(C)); dy (N, OH, OW, C); keep (K,) int32, each in [0, C).
+    Reads:     x_kept (saved from forward, channel-compacted) and dy; not the weights.
+    Exactness: each element is one sum over (n, oy, ox) in that fixed order, so the sparse result equals the dense
+               dW[:, :, keep] bit for bit.
+    Ownership: writes every element of dw (`=`); allocates nothing.
+    Parallel:  prange over the kept channels k; each writes the disjoint column dw[:, :, k], serial reduction inside.
+    C twin:    mt_depthwise_conv_f32_backward_weight.
+    """
+    KH, KW, K = dw.shape
+    N, H, W, KX = x_kept.shape
+    OH = dy.shape[1]
+    OW = dy.shape[2]
+    C = dy.shape[3]
+    if (KX != K or dy.shape[0] != N or keep.shape[0] != K or stride < 1
+            or OH != (H + 2 * pad - KH) // stride + 1 or OW != (W + 2 * pad - KW) // stride + 1):
+        raise ValueError("depthwise_conv_f32_backward_weight: inconsistent shapes")
+    for k in range(K):
+        if keep[k] < 0 or keep[k] >= C:
+            raise ValueError("depthwise_conv_f32_backward_weight: keep index out of range")
+    for k in prange(K):
+        c = keep[k]
+        for ky in range(KH):
+            for kx in range(KW):
+                dw[ky, kx, k] = 0
+        for n in range(N):
+            for oy in range(OH):
+                iy0 = oy * stride - pad
+                for ox in range(OW):
+                    ix0 = ox * stride - pad
+                    g = dy[n, oy, ox, c]
+                    for ky in range(KH):
+                        iy = iy0 + ky
+                        if iy < 0 or iy >= H:
+                            continue
+                        for kx in range(KW):
+                            ix = ix0 + kx
+                            if ix < 0 or ix >= W:
+                                continue
+                            dw[ky, kx, k] += x_kept[n, iy, ix, k] * g

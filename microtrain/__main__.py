@@ -1,0 +1,5 @@
+import sys
+
+from microtrain.cli import main
+
+sys.exit(main())

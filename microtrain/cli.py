@@ -1,0 +1,180 @@
+"""The `microtrain` command line (also `python -m microtrain`).
+
+Every MicrotrainError is printed as one line `microtrain: error: ...` on stderr with exit status 2;
+no traceback for bad input.
+"""
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from microtrain.errors import InputError, MicrotrainError
+
+
+def _load(args):
+    from microtrain.model import load_model
+
+    return load_model(args.model, getattr(args, "weights", None))
+
+
+# ---------------------------------------------------------------------------------------------
+# info
+# ---------------------------------------------------------------------------------------------
+
+def model_info(graph):
+    """Per-layer rows and totals of a graph (shapes per sample, MACs per sample)."""
+    from microtrain.inference import plan_inference
+
+    rows = []
+    for op in graph.ops:
+        rows.append({
+            "name": op.name, "op": op.kind, "conv_index": op.conv_index,
+            "in_shape": [list(graph.shapes[t]) for t in op.inputs], "out_shape": list(graph.shapes[op.output]),
+            "kernel": op.kernel if op.kind in ("conv2d", "depthwise") else None,
+            "stride": op.stride if op.kind in ("conv2d", "depthwise") else None,
+            "params": graph.op_params(op), "macs": graph.op_macs(op),
+        })
+    head = graph.classifier
+    return {
+        "model": graph.name,
+        "input_shape": list(graph.input_shape),
+        "conv_layers": len(graph.convs),
+        "params": graph.conv_params(),
+        "macs": graph.conv_macs(),
+        "classifier": {"params": graph.op_params(head), "macs": graph.op_macs(head), "classes": head.cout},
+        "params_total": graph.conv_params() + graph.op_params(head),
+        "macs_total": graph.conv_macs() + graph.op_macs(head),
+        "inference_arena_bytes": plan_inference(graph, 1).peak,
+        "layers": rows,
+    }
+
+
+def cmd_info(args):
+    from microtrain.graph import load_graph
+
+    graph = load_graph(args.model)
+    if args.weights:
+        graph = _load(args).graph  # validates the weights against the spec
+    info = model_info(graph)
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    print(f"{info['model']}: input {info['input_shape']} (H, W, C), {info['conv_layers']} conv layers")
+    print(f"{'#':>3} {'name':<22} {'op':<10} {'in':>14} {'out':>14} {'k':>2} {'s':>2} {'params':>9} {'MACs':>11}")
+    for r in info["layers"]:
+        ci = "" if r["conv_index"] is None else r["conv_index"]
+        shp = "x".join(map(str, r["in_shape"][0]))
+        print(f"{ci:>3} {r['name']:<22} {r['op']:<10} {shp:>14} {'x'.join(map(str, r['out_shape'])):>14} "
+              f"{r['kernel'] or '':>2} {r['stride'] or '':>2} {r['params']:>9,} {r['macs']:>11,}")
+    c = info["classifier"]
+    print(f"convs (backbone, without classifier): params {info['params']:,}, MACs {info['macs']:,}")
+    print(f"classifier ({c['classes']} classes): params {c['params']:,}, MACs {c['macs']:,}")
+    print(f"int8 inference arena (batch 1): {info['inference_arena_bytes']:,} bytes")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# predict / infer
+# ---------------------------------------------------------------------------------------------
+
+def _softmax_from_int8(logits_q, scale, zero):
+    z = (logits_q.astype(np.float64) - zero) * scale
+    z -= z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def cmd_predict(args):
+    from microtrain.inference import Inference
+    from microtrain.images import load_image
+    from microtrain.preprocess import to_model_input
+
+    model = _load(args)
+    if args.top < 1:
+        raise InputError("--top must be at least 1")
+    engine = Inference(model, batch=1)
+    results = []
+    for path in args.images:
+        x = to_model_input(load_image(path), model)
+        logits = engine.run(x).copy()
+        scale, zero = model.quant[model.graph.output]
+        prob = _softmax_from_int8(logits, scale, zero)[0]
+        k = min(args.top, prob.shape[0])
+        top = np.argsort(-prob, kind="stable")[:k]
+        results.append({"image": str(path), "top": [{"class": int(c), "probability": float(prob[c])} for c in top]})
+    if args.json:
+        print(json.dumps(results if len(results) > 1 else results[0], indent=1))
+    else:
+        for r in results:
+            print(r["image"])
+            for t in r["top"]:
+                print(f"  class {t['class']:>5}  p = {t['probability']:.4f}")
+    return 0
+
+
+def cmd_infer(args):
+    from microtrain.inference import Inference
+
+    model = _load(args)
+    try:
+        x = np.load(args.input, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"input file {args.input} does not exist") from None
+    except Exception as e:
+        raise InputError(f"cannot read {args.input} as a .npy array ({e})") from None
+    if x.ndim != 4:
+        raise InputError(f"{args.input}: expected an int8 array (N, H, W, C), got shape {x.shape}")
+    engine = Inference(model, batch=x.shape[0])
+    out = engine.run(x).copy()
+    from microtrain.weights import atomic_save_npy
+
+    atomic_save_npy(args.output, out)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="microtrain", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("info", help="per-layer table (op, shapes, params, MACs) and totals")
+    s.add_argument("model", help="reference model name (mcunet-5fps, mbv2-w0.35, proxyless-w0.3) or a YAML spec")
+    s.add_argument("--weights", help="weight file to validate against the spec (.pkl or .npz)")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("predict", help="top-K classes of images with an int8 model")
+    s.add_argument("model")
+    s.add_argument("--weights", required=True)
+    s.add_argument("images", nargs="+", help="image files (.npy HxWx3 uint8, .png, .ppm/.pgm; JPEG with Pillow)")
+    s.add_argument("--top", type=int, default=5)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("infer", help="int8 in (N,H,W,C) .npy -> int8 logits (N,classes) .npy")
+    s.add_argument("model")
+    s.add_argument("--weights", required=True)
+    s.add_argument("--input", required=True, help="int8 .npy already in the model's input quantization")
+    s.add_argument("--output", required=True, help="where to write the int8 logits .npy")
+    s.set_defaults(func=cmd_infer)
+    return p
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except MicrotrainError as e:
+        print(f"microtrain: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("microtrain: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
