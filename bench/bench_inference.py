@@ -4,7 +4,7 @@ vectorised reference ops with the same weights. Outputs are compared exactly bef
 import numpy as np
 import pytest
 
-from bench import numpy_ref
+import numpy_ref
 from microtrain.graph import load_graph
 from microtrain.inference import Inference
 from microtrain.kernels.requant import activation_range_s8, add_multipliers, conv_multipliers

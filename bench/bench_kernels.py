@@ -5,8 +5,8 @@ the kernel is compiled outside the timer; MACs are in extra_info (GMAC/s = macs 
 import numpy as np
 import pytest
 
-from bench import numpy_ref
-from bench.layers import random_conv_args, unique_layers
+import numpy_ref
+from layers import random_conv_args, unique_layers
 from microtrain.kernels.conv2d import conv2d_s8
 from microtrain.kernels.depthwise import depthwise_conv_s8
 from microtrain.kernels.pointwise import pointwise_conv_s8

@@ -24,7 +24,9 @@ spec = {"name": "tiny", "input": [9, 9, 3], "first_conv": {"out": 4, "kernel": 3
 m = random_model(graph_from_spec(spec))
 Inference(m).run(np.zeros((1, 9, 9, 3), np.int8))
 t1 = time.perf_counter()
-from tests.test_kernels_noalloc import CALLS
+import sys
+sys.path.insert(0, "tests")
+from test_kernels_noalloc import CALLS
 for fn, args in CALLS.values():
     fn(*args)
 t2 = time.perf_counter()

@@ -15,8 +15,8 @@ from microtrain.model import load_model, random_model
 from microtrain.preprocess import quantize_table, resize_and_crop, resize_bilinear_aa, to_model_input
 from microtrain.reference_models import NAMES
 from microtrain.tflite import TFLMRunner, export_single_op, export_tflite
-from tests.conftest import JIT_DISABLED
-from tests.shared import tiny_training_weights
+from settings import JIT_DISABLED
+from shared import tiny_training_weights
 
 CATS = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
 

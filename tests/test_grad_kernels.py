@@ -26,8 +26,8 @@ from microtrain.kernels.loss import softmax_cross_entropy_f32
 from microtrain.kernels.pointwise_backward import (pointwise_conv_f32_backward_input,
                                                    pointwise_conv_f32_backward_weight)
 from microtrain.kernels.pool_backward import avgpool_f32_backward, global_mean_f32_backward
-from tests import naive_grad as ng
-from tests.conftest import JIT_DISABLED, kernel_settings
+import naive_grad as ng
+from settings import JIT_DISABLED, kernel_settings
 
 # Every loss below is linear in the perturbed argument (except softmax-CE and the network), so central
 # differences are exact up to rounding: |error| <~ 2^-52 * sum|terms| / eps ~ 1e-9 for these sizes.

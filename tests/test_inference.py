@@ -10,7 +10,7 @@ from microtrain.graph import load_graph
 from microtrain.inference import Inference, plan_inference
 from microtrain.model import random_model
 from microtrain.reference_models import NAMES
-from tests.conftest import JIT_DISABLED
+from settings import JIT_DISABLED
 
 # Inference peak = head + tail (bytes), batch 1, derived by hand:
 #   head: the largest pair of simultaneously live int8 activations (inclusive lifetimes, 16-byte sizes):
@@ -93,7 +93,7 @@ def test_arena_too_small_is_refused():
 
 @pytest.mark.skipif(JIT_DISABLED, reason="counts allocations of Numba's runtime, which does not run with the JIT off")
 def test_inference_step_makes_no_jitted_allocation():
-    from tests.test_kernels_noalloc import nrt_allocations
+    from test_kernels_noalloc import nrt_allocations
 
     e = Inference(random_model(load_graph("mbv2-w0.35"), seed=6), batch=1)
     x = np.zeros((1, 128, 128, 3), np.int8)

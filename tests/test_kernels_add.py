@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from microtrain.config import F32_ATOL, F32_RTOL
 from microtrain.kernels.add import add_f32, add_s8
 from microtrain.kernels.requant import add_multipliers
-from tests import naive
-from tests.conftest import kernel_settings
+import naive
+from settings import kernel_settings
 
 
 def make_add(rng, shape, saturate=False, y_zp=None, act=None, scales=None):

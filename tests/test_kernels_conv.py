@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from microtrain.config import F32_ATOL, F32_RTOL
 from microtrain.kernels.conv2d import conv2d_f32, conv2d_s8
-from tests import naive
-from tests.conftest import kernel_settings
+import naive
+from settings import kernel_settings
 
 # name -> geometry (k is KH = KW unless kh/kw are given) and layer options of naive.make_s8_layer.
 CASES = {

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from microtrain.config import F32_ATOL, F32_RTOL
 from microtrain.kernels.fully_connected import fully_connected_f32, fully_connected_s8
-from tests import naive
-from tests.conftest import kernel_settings
+import naive
+from settings import kernel_settings
 
 CASES = {
     "batch1_c1": dict(n=1, ci=1, co=1),

@@ -24,7 +24,7 @@ from microtrain.kernels.fully_connected import fully_connected_f32, fully_connec
 from microtrain.kernels.pointwise import pointwise_conv_f32, pointwise_conv_s8
 from microtrain.kernels.pool import avgpool_f32, avgpool_s8, global_mean_f32, global_mean_s8
 from microtrain.kernels.quantize import dequantize_s8, quantize_s8
-from tests.conftest import JIT_DISABLED
+from settings import JIT_DISABLED
 
 NO_NRT = "NUMBA_DISABLE_JIT=1: kernels run as plain Python, there is no Numba runtime (NRT) to count"
 

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from microtrain.config import F32_ATOL, F32_RTOL
 from microtrain.kernels.pointwise import pointwise_conv_f32, pointwise_conv_s8
-from tests import naive
-from tests.conftest import kernel_settings
+import naive
+from settings import kernel_settings
 
 # name -> geometry and layer options of naive.make_s8_layer.
 CASES = {

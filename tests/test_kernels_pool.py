@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from microtrain.config import F32_ATOL, F32_RTOL
 from microtrain.kernels.pool import avgpool_f32, avgpool_s8, global_mean_f32, global_mean_s8
-from tests import naive
-from tests.conftest import kernel_settings
+import naive
+from settings import kernel_settings
 
 
 def out_size(size, k, stride, pad):

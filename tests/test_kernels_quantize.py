@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from microtrain.kernels.quantize import dequantize_s8, quantize_s8
 from microtrain.kernels.requant import dequantize_s8_to_f32, quantize_f32_to_s8
-from tests import naive
-from tests.conftest import kernel_settings
+import naive
+from settings import kernel_settings
 
 
 def check_quantize(x, scale, zp):

@@ -10,7 +10,7 @@ from microtrain import errors
 from microtrain.graph import graph_from_spec, load_graph
 from microtrain.model import load_model, random_model
 from microtrain.weights import read_tiny_training_pickle, save_npz, load_npz
-from tests.shared import tiny_training_weights
+from shared import tiny_training_weights
 
 # Published totals (TinyTrain paper §3 / tiny-training pickles): forward conv MACs per 128x128 image and
 # conv parameters (weights + biases), without the 1000-way classifier; the classifier separately.

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests import naive
+import naive
 from microtrain.kernels.requant import (
     INT32_MAX,
     INT32_MIN,

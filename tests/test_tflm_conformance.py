@@ -32,8 +32,8 @@ from microtrain.kernels.requant import activation_range_s8, add_multipliers, con
 from microtrain.model import load_model, random_model  # noqa: E402
 from microtrain.reference_models import NAMES  # noqa: E402
 from microtrain.tflite import TFLMRunner, compare_with_tflm, export_single_op, export_tflite  # noqa: E402
-from tests.conftest import JIT_DISABLED, kernel_settings  # noqa: E402
-from tests.shared import MODELS  # noqa: E402
+from settings import JIT_DISABLED, kernel_settings  # noqa: E402
+from shared import MODELS  # noqa: E402
 
 pytestmark = pytest.mark.oracle
 
