@@ -82,6 +82,8 @@ def test_infer_rejects_float_input(tmp_path, capsys):
     assert not (tmp_path / "out.npy").exists()  # nothing written on error
 
 
-def test_python_dash_m():
-    r = subprocess.run([sys.executable, "-m", "microtrain", "info", "nosuch"], capture_output=True, text=True)
+def test_python_dash_m(tmp_path):
+    # cwd outside the checkout, so the installed package runs (not the source folder)
+    r = subprocess.run([sys.executable, "-m", "microtrain", "info", "nosuch"], capture_output=True, text=True,
+                       cwd=tmp_path)
     assert r.returncode == 2 and "unknown model" in r.stderr and "Traceback" not in r.stderr
