@@ -9,6 +9,7 @@ import numpy_ref
 from layers import random_conv_args, unique_layers
 from microtrain.kernels.conv2d import conv2d_s8
 from microtrain.kernels.depthwise import depthwise_conv_s8
+from microtrain.kernels.mask import NO_MASK
 from microtrain.kernels.pointwise import pointwise_conv_s8
 
 KERNELS = {
@@ -28,12 +29,12 @@ def test_forward_s8(benchmark, case, impl):
     geo = (op.stride, op.pad) if spatial else ()
     expect = ref(*args, *geo)
     y = np.empty((1,) + tuple(yout), np.int8)
-    fast(y, *args, *geo)  # compile outside the timer
+    fast(y, NO_MASK, *args, *geo)  # compile outside the timer (inference: no training mask)
     np.testing.assert_array_equal(y, expect)  # never time a wrong kernel
     benchmark.group = f"{kind}_s8"
     benchmark.extra_info.update(macs=macs, model=model, layer=op.name, bytes_in=int(np.prod(xin)),
                                 bytes_out=int(np.prod(yout)))
     if impl == "microtrain":
-        benchmark(fast, y, *args, *geo)
+        benchmark(fast, y, NO_MASK, *args, *geo)
     else:
         benchmark(ref, *args, *geo)

@@ -9,17 +9,24 @@ from numba import njit, prange
 
 from microtrain.config import NJIT_PARALLEL
 
+from .mask import mask_check, mask_flush_row, mask_put_bit
 from .requant import INT32_MIN, clamp, mbqm
 
 
 @njit(**NJIT_PARALLEL)
-def conv2d_s8(y, x, w, bias, mult, shift, x_zp, y_zp, act_min, act_max, stride, pad):
+def conv2d_s8(y, mask, x, w, bias, mult, shift, x_zp, y_zp, act_min, act_max, stride, pad):
     """y = clamp(mbqm(sum w * (x - x_zp) + bias) + y_zp), int8 convolution with per-channel requantization.
 
-    Layout:    y (N, OH, OW, Co) s8 out; x (N, H, W, Ci) s8; w (Co, KH, KW, Ci) s8 (OHWI, symmetric, zp 0);
+    Layout:    y (N, OH, OW, Co) s8 out; mask (N * OH, ceil(OW * Co / 8)) u8 out, or mask.NO_MASK;
+               x (N, H, W, Ci) s8; w (Co, KH, KW, Ci) s8 (OHWI, symmetric, zp 0);
                bias (Co,) s32; mult, shift (Co,) s32 from requant.conv_multipliers;
                OH = (H + 2*pad - KH) // stride + 1, OW likewise. `pad` is applied on all four sides.
-    Ownership: writes every element of y (`=`, overwrite); reads x, w, bias, mult, shift; allocates nothing.
+    Ownership: writes every element of y (`=`, overwrite) and, unless NO_MASK, every byte of mask; reads x, w, bias,
+               mult, shift; allocates nothing.
+    Mask:      1-bit STE mask for training (layout in kernels/mask.py): bit (n, oy, ox, co) = 1 iff the value before
+               clamping, mbqm(acc) + y_zp, lies in [act_min, act_max] (inclusive; tiny-training's
+               _TruncateActivationRange backward). It cannot be recovered from y: a y equal to a bound is ambiguous.
+               y is the same with or without a mask.
     Exactness: bit-exact with TFLM tflite::reference_integer_ops::ConvPerChannel (reference/integer_ops/conv.h,
                double-rounding MultiplyByQuantizedMultiplier): taps outside the image are skipped, which is
                padding with x_zp; acc += bias; mbqm; + y_zp; max(act_min), min(act_max).
@@ -31,7 +38,8 @@ def conv2d_s8(y, x, w, bias, mult, shift, x_zp, y_zp, act_min, act_max, stride, 
                wrapped to int32 explicitly, so that case matches too. mbqm's pre-shift acc * 2^max(shift, 0) is
                not wrapped: it must fit int32 (true whenever the effective scale is < 1).
     Zero points: x_zp, y_zp are zero points, in [-128, 127]; TFLM/CMSIS-NN pass input_offset = -x_zp.
-    Parallel:  prange over (batch x output rows); each iteration writes disjoint rows of y (deterministic).
+    Parallel:  prange over (batch x output rows); each iteration writes disjoint rows of y and of mask (mask rows are
+               byte-aligned; deterministic).
     C twin:    mt_conv2d_s8
     """
     N, OH, OW, CO = y.shape
@@ -44,12 +52,15 @@ def conv2d_s8(y, x, w, bias, mult, shift, x_zp, y_zp, act_min, act_max, stride, 
             or OH != (H + 2 * pad - KH) // stride + 1 or OW != (W + 2 * pad - KW) // stride + 1
             or bias.shape[0] != CO or mult.shape[0] != CO or shift.shape[0] != CO):
         raise ValueError("conv2d_s8: inconsistent shapes")
+    write_mask = mask_check(mask, N * OH, OW, CO)
     xz = np.int64(x_zp)
     yz = np.int64(y_zp)
     for r in prange(N * OH):
         n = r // OH
         oy = r - n * OH
         iy0 = oy * stride - pad
+        j = 0  # mask bit of (ox, co) in row r: ox * CO + co
+        byte = 0
         for ox in range(OW):
             ix0 = ox * stride - pad
             for co in range(CO):
@@ -68,6 +79,11 @@ def conv2d_s8(y, x, w, bias, mult, shift, x_zp, y_zp, act_min, act_max, stride, 
                 acc = ((acc - INT32_MIN) & 0xFFFFFFFF) + INT32_MIN  # C's int32 acc + bias wraps (see Overflow)
                 v = mbqm(acc, mult[co], shift[co]) + yz
                 y[n, oy, ox, co] = np.int8(clamp(v, act_min, act_max))
+                if write_mask:
+                    byte = mask_put_bit(mask, r, j, byte, v >= act_min and v <= act_max)
+                    j += 1
+        if write_mask:
+            mask_flush_row(mask, r, j, byte)
 
 
 @njit(**NJIT_PARALLEL)

@@ -5,7 +5,10 @@ the image skipped). The bias gradient is `bias_backward.bias_f32_backward`; ReLU
 Gradients here are with respect to the real-valued (fp32) tensors. In int8 mode the optimizer, not these kernels,
 applies Quantization-Aware Scaling (weight gradient x s_w^-2, bias x (s_w s_x)^-2, MIT tiny-training §3.3), and a
 caller that differentiates with respect to a requantized output folds that scale in with `elementwise_backward.
-scale_f32` before calling these. C twins: mt_conv2d_f32_backward_input, mt_conv2d_f32_backward_weight.
+scale_f32` before calling these. In int8 mode the weight gradient reads the saved int8 activation and its zero point
+(sum dy * (x_int - x_zp); times s_x is dL/dw_real), and the input gradient reads the frozen int8 weights with dy
+pre-scaled by s_w per output channel (`elementwise_backward.scale_channels_f32`).
+C twins: mt_conv2d_f32_backward_input, mt_conv2d_f32_backward_weight.
 """
 
 from numba import njit, prange
@@ -22,7 +25,10 @@ def conv2d_f32_backward_input(dx, dy, w, stride, pad):
     So now:    dx[n, iy, ix, ci] = sum over the taps (ky, kx) with iy = oy*stride - pad + ky, ix likewise, for some
                in-range output (oy, ox), of sum_co dy[n, oy, ox, co] * w[co, ky, kx, ci].
     Layout:    dx (N, H, W, Ci) out; dy (N, OH, OW, Co); w (Co, KH, KW, Ci) OHWI; OH = (H + 2*pad - KH)//stride + 1.
-    Reads:     dy and the weights only; nothing saved from the forward pass.
+    Reads:     dy and the weights only; nothing saved from the forward pass. w may be the frozen int8 weights (int8
+               mode: the caller first scaled dy[..., co] by s_w[co] with scale_channels_f32); int8 * float32 is
+               float32 both jitted and interpreted (NumPy 2 promotion), and int8 -> float32 is exact, so the result
+               equals this kernel on float32(w) bit for bit.
     Ownership: writes every element of dx (`=`); input pixels that no output window reads (stride 2 with an odd
                remainder, e.g. the last row of H = 6, KH = 3, pad = 0) get exactly 0; allocates nothing.
                dx must not alias dy or w.
@@ -66,15 +72,21 @@ def conv2d_f32_backward_input(dx, dy, w, stride, pad):
 
 
 @njit(**NJIT_PARALLEL)
-def conv2d_f32_backward_weight(dw, x, dy, keep_out, stride, pad):
+def conv2d_f32_backward_weight(dw, x, x_zp, dy, keep_out, stride, pad):
     """dw = dL/dw of y = conv2d(x, w) restricted to the kept channels, `=` overwrite.
 
     Forward:   y[n, oy, ox, co] = sum_{ky, kx, ci} x[n, iy, ix, ci] * w[co, ky, kx, ci], iy = oy*stride - pad + ky,
                ix = ox*stride - pad + kx.
-    So now:    dw[k, ky, kx, j] = sum_{n, oy, ox} x[n, iy, ix, j] * dy[n, oy, ox, keep_out[k]] (taps in the padding
-               contribute nothing).
-    Layout:    dw (K, KH, KW, Ci') out; x (N, H, W, Ci') the input saved in forward; dy (N, OH, OW, Co);
+    So now:    dw[k, ky, kx, j] = sum_{n, oy, ox} (x[n, iy, ix, j] - x_zp) * dy[n, oy, ox, keep_out[k]] (taps in the
+               padding are skipped: they would contribute (x_zp - x_zp) * dy = 0).
+    Layout:    dw (K, KH, KW, Ci') out, float32 (float64 in the gradient checks); x (N, H, W, Ci') the input saved
+               in forward, int8 or of dw's float dtype; x_zp scalar; dy (N, OH, OW, Co) of dw's dtype;
                keep_out (K,) int32, output channels whose weight rows are computed, each in [0, Co).
+    int8 mode: x may be the int8 activation saved by the int8 forward, x_zp its zero point; the kernel then returns
+               sum dy * (x_int - x_zp), and the caller multiplies by s_x (dL/dw_real = s_x * dw) or folds s_x into
+               the update's coefficient. Pass x_zp as a float of dw's dtype (np.float32(zp)); it is cast to dw's
+               dtype anyway, and x_int - x_zp is exact in float32 (|x_int - x_zp| <= 255). fp32 mode: float x,
+               x_zp = 0.0 (x - 0.0 == x exactly, so the result is the plain sum dy * x).
     Sparse update (DESIGN §4, MIT tiny-training's partial backward), both axes with this one kernel:
       * input-channel axis (MIT's choice; normal conv masks W[:, :, :, c]): forward saves only the kept input
         channels, compacted in the order of the caller's keep list, x_saved[..., j] = x[..., keep_in[j]];
@@ -90,6 +102,7 @@ def conv2d_f32_backward_weight(dw, x, dy, keep_out, stride, pad):
     """
     K, KH, KW, CI = dw.shape
     N, H, W, CX = x.shape
+    xz = dw.dtype.type(x_zp)
     OH = dy.shape[1]
     OW = dy.shape[2]
     CO = dy.shape[3]
@@ -120,4 +133,4 @@ def conv2d_f32_backward_weight(dw, x, dy, keep_out, stride, pad):
                             if ix < 0 or ix >= W:
                                 continue
                             for ci in range(CI):
-                                dw[k, ky, kx, ci] += x[n, iy, ix, ci] * g
+                                dw[k, ky, kx, ci] += (x[n, iy, ix, ci] - xz) * g

@@ -9,17 +9,24 @@ from numba import njit, prange
 
 from microtrain.config import NJIT_PARALLEL
 
+from .mask import mask_check, mask_flush_row, mask_put_bit
 from .requant import INT32_MIN, clamp, mbqm
 
 
 @njit(**NJIT_PARALLEL)
-def depthwise_conv_s8(y, x, w, bias, mult, shift, x_zp, y_zp, act_min, act_max, stride, pad):
+def depthwise_conv_s8(y, mask, x, w, bias, mult, shift, x_zp, y_zp, act_min, act_max, stride, pad):
     """y[..., c] = clamp(mbqm(sum_taps w[:, :, c] * (x[..., c] - x_zp) + bias[c]) + y_zp), int8 depthwise conv.
 
-    Layout:    y (N, OH, OW, C) s8 out; x (N, H, W, C) s8; w (KH, KW, C) s8 (TFLite's [1, KH, KW, C] without the
+    Layout:    y (N, OH, OW, C) s8 out; mask (N * OH, ceil(OW * C / 8)) u8 out, or mask.NO_MASK;
+               x (N, H, W, C) s8; w (KH, KW, C) s8 (TFLite's [1, KH, KW, C] without the
                leading 1; symmetric, zp 0); bias (C,) s32; mult, shift (C,) s32 from requant.conv_multipliers;
                OH = (H + 2*pad - KH) // stride + 1, OW likewise; `pad` on all four sides.
-    Ownership: writes every element of y (`=`, overwrite); allocates nothing. y must not alias x.
+    Ownership: writes every element of y (`=`, overwrite) and, unless NO_MASK, every byte of mask; allocates
+               nothing. y must not alias x.
+    Mask:      1-bit STE mask for training (layout in kernels/mask.py): bit (n, oy, ox, c) = 1 iff the value before
+               clamping, mbqm(acc) + y_zp, lies in [act_min, act_max] (inclusive; tiny-training's
+               _TruncateActivationRange backward). It cannot be recovered from y: a y equal to a bound is ambiguous.
+               y is the same with or without a mask.
     Exactness: bit-exact with TFLM tflite::reference_integer_ops::DepthwiseConvPerChannel
                (reference/integer_ops/depthwise_conv.h) with depth_multiplier 1: out-of-image taps skipped
                (= padding with x_zp), acc += bias, double-rounding mbqm, + y_zp, max(act_min), min(act_max).
@@ -30,7 +37,7 @@ def depthwise_conv_s8(y, x, w, bias, mult, shift, x_zp, y_zp, act_min, act_max, 
                wrapped to int32 explicitly, so that case matches too. mbqm's pre-shift acc * 2^max(shift, 0) is
                not wrapped: it must fit int32 (true whenever the effective scale is < 1).
     Zero points: x_zp, y_zp are zero points; TFLM/CMSIS-NN pass input_offset = -x_zp.
-    Parallel:  prange over (batch x output rows); disjoint writes (deterministic).
+    Parallel:  prange over (batch x output rows); disjoint rows of y and of mask (byte-aligned rows; deterministic).
     C twin:    mt_depthwise_conv_s8
     """
     N, OH, OW, C = y.shape
@@ -42,12 +49,15 @@ def depthwise_conv_s8(y, x, w, bias, mult, shift, x_zp, y_zp, act_min, act_max, 
             or OH != (H + 2 * pad - KH) // stride + 1 or OW != (W + 2 * pad - KW) // stride + 1
             or bias.shape[0] != C or mult.shape[0] != C or shift.shape[0] != C):
         raise ValueError("depthwise_conv_s8: inconsistent shapes")
+    write_mask = mask_check(mask, N * OH, OW, C)
     xz = np.int64(x_zp)
     yz = np.int64(y_zp)
     for r in prange(N * OH):
         n = r // OH
         oy = r - n * OH
         iy0 = oy * stride - pad
+        j = 0  # mask bit of (ox, c) in row r: ox * C + c
+        byte = 0
         for ox in range(OW):
             ix0 = ox * stride - pad
             for c in range(C):
@@ -65,6 +75,11 @@ def depthwise_conv_s8(y, x, w, bias, mult, shift, x_zp, y_zp, act_min, act_max, 
                 acc = ((acc - INT32_MIN) & 0xFFFFFFFF) + INT32_MIN  # C's int32 acc + bias wraps (see Overflow)
                 v = mbqm(acc, mult[c], shift[c]) + yz
                 y[n, oy, ox, c] = np.int8(clamp(v, act_min, act_max))
+                if write_mask:
+                    byte = mask_put_bit(mask, r, j, byte, v >= act_min and v <= act_max)
+                    j += 1
+        if write_mask:
+            mask_flush_row(mask, r, j, byte)
 
 
 @njit(**NJIT_PARALLEL)

@@ -19,7 +19,8 @@ def depthwise_conv_f32_backward_input(dx, dy, w, stride, pad):
     So now:    dx[n, iy, ix, c] = sum over the taps (ky, kx) that read (iy, ix) from an in-range output (oy, ox)
                of dy[n, oy, ox, c] * w[ky, kx, c].
     Layout:    dx (N, H, W, C) out; dy (N, OH, OW, C); w (KH, KW, C); OH = (H + 2*pad - KH)//stride + 1.
-    Reads:     dy and the weights only; nothing saved from the forward pass.
+    Reads:     dy and the weights only; nothing saved from the forward pass. w may be the frozen int8 weights (int8
+               mode: dy pre-scaled by s_w per channel with scale_channels_f32); int8 * float32 stays float32.
     Ownership: writes every element of dx (`=`); pixels no window reads get 0; allocates nothing. No aliasing.
     Order:     per element, sum over (ky, kx) in that order, in the dtype of dx.
     Parallel:  prange over (batch x input rows); disjoint writes (deterministic).
@@ -58,14 +59,20 @@ def depthwise_conv_f32_backward_input(dx, dy, w, stride, pad):
 
 
 @njit(**NJIT_PARALLEL)
-def depthwise_conv_f32_backward_weight(dw, x_kept, dy, keep, stride, pad):
+def depthwise_conv_f32_backward_weight(dw, x_kept, x_zp, dy, keep, stride, pad):
     """dw = dL/dw of y = depthwise_conv(x, w) for the kept channels, `=` overwrite.
 
     Forward:   y[n, oy, ox, c] = sum_{ky, kx} x[n, oy*stride - pad + ky, ox*stride - pad + kx, c] * w[ky, kx, c].
-    So now:    dw[ky, kx, k] = sum_{n, oy, ox} x_kept[n, oy*stride - pad + ky, ox*stride - pad + kx, k]
-                                              * dy[n, oy, ox, keep[k]].
-    Layout:    dw (KH, KW, K) out; x_kept (N, H, W, K): forward saved input channel keep[k] in slot k (the whole x
-               when keep = arange(C)); dy (N, OH, OW, C); keep (K,) int32, each in [0, C).
+    So now:    dw[ky, kx, k] = sum_{n, oy, ox} (x_kept[n, oy*stride - pad + ky, ox*stride - pad + kx, k] - x_zp)
+                                              * dy[n, oy, ox, keep[k]]   (taps in the padding skipped).
+    Layout:    dw (KH, KW, K) out, float32 (float64 in the gradient checks); x_kept (N, H, W, K), int8 or of dw's
+               dtype: forward saved input channel keep[k] in slot k (the whole x when keep = arange(C)); x_zp scalar;
+               dy (N, OH, OW, C) of dw's dtype; keep (K,) int32, each in [0, C).
+    int8 mode: x_kept may be the int8 activation saved by the int8 forward, x_zp its zero point; the kernel then returns
+               sum dy * (x_int - x_zp), and the caller multiplies by s_x (dL/dw_real = s_x * dw) or folds s_x into
+               the update's coefficient. Pass x_zp as a float of dw's dtype (np.float32(zp)); it is cast to dw's
+               dtype anyway, and x_int - x_zp is exact in float32 (|x_int - x_zp| <= 255). fp32 mode: float x_kept,
+               x_zp = 0.0 (x - 0.0 == x exactly, so the result is the plain sum dy * x).
     Reads:     x_kept (saved from forward, channel-compacted) and dy; not the weights.
     Exactness: each element is one sum over (n, oy, ox) in that fixed order, so the sparse result equals the dense
                dW[:, :, keep] bit for bit.
@@ -75,6 +82,7 @@ def depthwise_conv_f32_backward_weight(dw, x_kept, dy, keep, stride, pad):
     """
     KH, KW, K = dw.shape
     N, H, W, KX = x_kept.shape
+    xz = dw.dtype.type(x_zp)
     OH = dy.shape[1]
     OW = dy.shape[2]
     C = dy.shape[3]
@@ -103,4 +111,4 @@ def depthwise_conv_f32_backward_weight(dw, x_kept, dy, keep, stride, pad):
                             ix = ix0 + kx
                             if ix < 0 or ix >= W:
                                 continue
-                            dw[ky, kx, k] += x_kept[n, iy, ix, k] * g
+                            dw[ky, kx, k] += (x_kept[n, iy, ix, k] - xz) * g

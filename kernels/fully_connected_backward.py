@@ -18,7 +18,8 @@ def fully_connected_f32_backward_input(dx, dy, w):
     Forward:   y[n, co] = sum_ci x[n, ci] * w[co, ci] + bias[co].
     So now:    dx[n, ci] = sum_co dy[n, co] * w[co, ci].
     Layout:    dx (N, Ci) out; dy (N, Co); w (Co, Ci).
-    Reads:     dy and the weights only.
+    Reads:     dy and the weights only. w may be int8 (dy pre-scaled by s_w per output channel with
+               scale_channels_f32 on dy's (N, 1, 1, Co) view); int8 * float32 stays float32.
     Ownership: writes every element of dx (`=`); allocates nothing. No aliasing.
     Order:     per element, sum over co in increasing order, in the dtype of dx.
     C twin:    mt_fully_connected_f32_backward_input.
@@ -37,13 +38,19 @@ def fully_connected_f32_backward_input(dx, dy, w):
 
 
 @njit(**NJIT)
-def fully_connected_f32_backward_weight(dw, x, dy, keep_out):
+def fully_connected_f32_backward_weight(dw, x, x_zp, dy, keep_out):
     """dw = dL/dw of y = x @ w.T restricted to kept channels, `=` overwrite.
 
     Forward:   y[n, co] = sum_ci x[n, ci] * w[co, ci] + bias[co].
-    So now:    dw[k, j] = sum_n x[n, j] * dy[n, keep_out[k]].
-    Layout:    dw (K, Ci') out; x (N, Ci') saved in forward (all Ci, or kept input features compacted in keep
-               order); dy (N, Co); keep_out (K,) int32 in [0, Co). Same sparse convention as conv2d_backward.
+    So now:    dw[k, j] = sum_n (x[n, j] - x_zp) * dy[n, keep_out[k]].
+    Layout:    dw (K, Ci') out, float32 (float64 in the gradient checks); x (N, Ci') saved in forward, int8 or of
+               dw's dtype (all Ci, or kept input features compacted in keep order); x_zp scalar; dy (N, Co) of dw's
+               dtype; keep_out (K,) int32 in [0, Co). Same sparse convention as conv2d_backward.
+    int8 mode: x may be the int8 activation saved by the int8 forward, x_zp its zero point; the kernel then returns
+               sum dy * (x_int - x_zp), and the caller multiplies by s_x (dL/dw_real = s_x * dw) or folds s_x into
+               the update's coefficient. Pass x_zp as a float of dw's dtype (np.float32(zp)); it is cast to dw's
+               dtype anyway, and x_int - x_zp is exact in float32 (|x_int - x_zp| <= 255). fp32 mode: float x,
+               x_zp = 0.0 (x - 0.0 == x exactly, so the result is the plain sum dy * x).
     Reads:     x (saved from forward, possibly compacted) and dy; not the weights.
     Exactness: each element is one sum over n in increasing order, so sparse == dense slice bit for bit.
     Ownership: writes every element of dw (`=`); allocates nothing.
@@ -51,6 +58,7 @@ def fully_connected_f32_backward_weight(dw, x, dy, keep_out):
     """
     K, CI = dw.shape
     N = x.shape[0]
+    xz = dw.dtype.type(x_zp)
     CO = dy.shape[1]
     if x.shape[1] != CI or dy.shape[0] != N or keep_out.shape[0] != K:
         raise ValueError("fully_connected_f32_backward_weight: inconsistent shapes")
@@ -64,4 +72,4 @@ def fully_connected_f32_backward_weight(dw, x, dy, keep_out):
         for n in range(N):
             g = dy[n, co]
             for ci in range(CI):
-                dw[k, ci] += x[n, ci] * g
+                dw[k, ci] += (x[n, ci] - xz) * g

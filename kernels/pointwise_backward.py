@@ -18,7 +18,8 @@ def pointwise_conv_f32_backward_input(dx, dy, w):
     Forward:   y[n, h, x, co] = sum_ci x[n, h, x, ci] * w[co, ci].
     So now:    dx[n, h, x, ci] = sum_co dy[n, h, x, co] * w[co, ci].
     Layout:    dx (N, H, W, Ci) out; dy (N, H, W, Co); w (Co, Ci).
-    Reads:     dy and the weights only.
+    Reads:     dy and the weights only. w may be the frozen int8 weights (int8 mode: dy pre-scaled by s_w per output
+               channel with scale_channels_f32); int8 * float32 stays float32.
     Ownership: writes every element of dx (`=`); allocates nothing. No aliasing.
     Order:     per element, sum over co in increasing order, in the dtype of dx.
     Parallel:  prange over (batch x rows); disjoint writes (deterministic).
@@ -42,13 +43,19 @@ def pointwise_conv_f32_backward_input(dx, dy, w):
 
 
 @njit(**NJIT_PARALLEL)
-def pointwise_conv_f32_backward_weight(dw, x, dy, keep_out):
+def pointwise_conv_f32_backward_weight(dw, x, x_zp, dy, keep_out):
     """dw = dL/dw of y = pointwise_conv(x, w) restricted to kept channels, `=` overwrite.
 
     Forward:   y[n, h, x, co] = sum_ci x[n, h, x, ci] * w[co, ci].
-    So now:    dw[k, j] = sum_{n, h, x} x[n, h, x, j] * dy[n, h, x, keep_out[k]].
-    Layout:    dw (K, Ci') out; x (N, H, W, Ci') saved in forward: all Ci channels, or only the kept input
-               channels compacted in the caller's keep order; dy (N, H, W, Co); keep_out (K,) int32 in [0, Co).
+    So now:    dw[k, j] = sum_{n, h, x} (x[n, h, x, j] - x_zp) * dy[n, h, x, keep_out[k]].
+    Layout:    dw (K, Ci') out, float32 (float64 in the gradient checks); x (N, H, W, Ci') saved in forward, int8 or
+               of dw's dtype: all Ci channels, or only the kept input channels compacted in the caller's keep order;
+               x_zp scalar; dy (N, H, W, Co) of dw's dtype; keep_out (K,) int32 in [0, Co).
+    int8 mode: x may be the int8 activation saved by the int8 forward, x_zp its zero point; the kernel then returns
+               sum dy * (x_int - x_zp), and the caller multiplies by s_x (dL/dw_real = s_x * dw) or folds s_x into
+               the update's coefficient. Pass x_zp as a float of dw's dtype (np.float32(zp)); it is cast to dw's
+               dtype anyway, and x_int - x_zp is exact in float32 (|x_int - x_zp| <= 255). fp32 mode: float x,
+               x_zp = 0.0 (x - 0.0 == x exactly, so the result is the plain sum dy * x).
     Sparse:    input axis = (x compacted, keep_out = arange(Co)) -> dw[:, j] = dW[:, keep_in[j]];
                output axis = (x full, keep_out = kept) -> dw[k] = dW[keep_out[k]].
     Reads:     x (saved from forward, possibly channel-compacted) and dy; not the weights.
@@ -59,6 +66,7 @@ def pointwise_conv_f32_backward_weight(dw, x, dy, keep_out):
     """
     K, CI = dw.shape
     N, H, W, CX = x.shape
+    xz = dw.dtype.type(x_zp)
     CO = dy.shape[3]
     if (CX != CI or dy.shape[0] != N or dy.shape[1] != H or dy.shape[2] != W
             or keep_out.shape[0] != K):
@@ -75,4 +83,4 @@ def pointwise_conv_f32_backward_weight(dw, x, dy, keep_out):
                 for px in range(W):
                     g = dy[n, h, px, co]
                     for ci in range(CI):
-                        dw[k, ci] += x[n, h, px, ci] * g
+                        dw[k, ci] += (x[n, h, px, ci] - xz) * g

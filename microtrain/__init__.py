@@ -6,8 +6,10 @@ and (as the project grows) the hand-written partial backward and TinyTrain's tas
 
 from microtrain.errors import (  # noqa: F401
     ArenaOverflowError,
+    ConfigError,
     InputError,
     MicrotrainError,
+    NumericError,
     PlanError,
     SpecError,
     UnknownModelError,
@@ -20,6 +22,6 @@ from microtrain.model import Model, load_model, random_model  # noqa: F401
 __version__ = "0.1.0"
 
 __all__ = [
-    "ArenaOverflowError", "InputError", "MicrotrainError", "PlanError", "SpecError", "UnknownModelError",
+    "ArenaOverflowError", "ConfigError", "InputError", "NumericError", "MicrotrainError", "PlanError", "SpecError", "UnknownModelError",
     "UnsafePickleError", "WeightFileError", "load_graph", "Model", "load_model", "random_model",
 ]

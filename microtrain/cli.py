@@ -135,6 +135,47 @@ def cmd_infer(args):
 
 
 # ---------------------------------------------------------------------------------------------
+# plan
+# ---------------------------------------------------------------------------------------------
+
+def cmd_plan(args):
+    from microtrain.errors import ArenaOverflowError
+    from microtrain.report import format_report, training_report
+    from microtrain.sparse import load_config
+    from microtrain.train import TrainStep
+    from microtrain.train_plan import TrainOptions
+
+    model = _load(args)
+    cfg = load_config(args.config, model)
+    opts = TrainOptions(mode=args.mode, batch=args.batch, optimizer=args.optimizer,
+                        save_kept_channels=not args.no_save_kept, bit_masks=not args.no_bit_masks,
+                        reorder=not args.no_reorder, inplace=not args.no_inplace).validate()
+    step = TrainStep(model, cfg, args.classes, opts)
+    rep = training_report(step)
+    if args.budget is not None and step.plan.peak > args.budget:
+        raise ArenaOverflowError(
+            f"the training step of {cfg.name} needs {step.plan.peak:,} bytes of SRAM, {step.plan.peak - args.budget:,} "
+            f"bytes over the budget of {args.budget:,}; choose a sparser config or a smaller batch")
+    if args.header:
+        from microtrain.weights import atomic_write_text
+
+        atomic_write_text(args.header, step.plan.to_c_header(prefix="MT_TRAIN"))
+    if args.timeline_png:
+        from microtrain.plot import plot_timeline
+
+        plot_timeline(step.plan, args.timeline_png, title=f"{rep['model']} / {rep['config']} ({rep['mode']})")
+    if args.json:
+        print(json.dumps(rep, indent=1))
+        return 0
+    print(format_report(rep))
+    if args.table:
+        print(step.plan.format_table())
+    if args.timeline:
+        print(step.plan.format_timeline(width=100, symbols="category"))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 
 def build_parser():
     p = argparse.ArgumentParser(prog="microtrain", description=__doc__.splitlines()[0])
@@ -160,6 +201,28 @@ def build_parser():
     s.add_argument("--input", required=True, help="int8 .npy already in the model's input quantization")
     s.add_argument("--output", required=True, help="where to write the int8 logits .npy")
     s.set_defaults(func=cmd_infer)
+
+    s = sub.add_parser("plan", help="memory plan and compute of one training step (sparse update)")
+    s.add_argument("model")
+    s.add_argument("--weights", help="weights (needed for magnitude-based channel choice of MIT's schemes; "
+                                      "random int8 weights of the right shapes otherwise)")
+    s.add_argument("--config", required=True,
+                   help="full, last, last+conv, bias, an MIT scheme (49kb, 100kb, mcunet-5fps-49kb ...) or a YAML file")
+    s.add_argument("--mode", choices=["int8", "fp32"], default="int8")
+    s.add_argument("--batch", type=int, default=1)
+    s.add_argument("--classes", type=int, default=10, help="classes of the trained head (default 10)")
+    s.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    s.add_argument("--budget", type=int, help="SRAM budget in bytes: error if the plan does not fit")
+    s.add_argument("--no-save-kept", action="store_true", help="save full inputs, not only kept channels")
+    s.add_argument("--no-bit-masks", action="store_true", help="fp32: keep activations instead of 1-bit masks")
+    s.add_argument("--no-reorder", action="store_true", help="update after the whole backward (no MIT reordering)")
+    s.add_argument("--no-inplace", action="store_true", help="no in-place gradient buffers")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--table", action="store_true", help="print every buffer of the plan")
+    s.add_argument("--timeline", action="store_true", help="print the plan's timeline")
+    s.add_argument("--timeline-png", help="write the timeline as a PNG (needs matplotlib)")
+    s.add_argument("--header", help="write a C header with every buffer's offset and size and the arena size")
+    s.set_defaults(func=cmd_plan)
     return p
 
 

@@ -34,3 +34,11 @@ class ArenaOverflowError(MicrotrainError):
 
 class PlanError(MicrotrainError):
     """A memory plan that is inconsistent (overlapping live buffers, unknown buffer)."""
+
+
+class ConfigError(MicrotrainError):
+    """A sparse-update configuration that is malformed or does not fit the model it is applied to."""
+
+
+class NumericError(MicrotrainError):
+    """NaN or inf in inputs, losses or gradients; raised before any weight is changed."""

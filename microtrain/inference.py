@@ -19,6 +19,7 @@ from microtrain.kernels.conv2d import conv2d_s8
 from microtrain.kernels.depthwise import depthwise_conv_s8
 from microtrain.kernels.pointwise import pointwise_conv_s8
 from microtrain.kernels.add import add_s8
+from microtrain.kernels.mask import NO_MASK  # inference writes no 1-bit training masks
 from microtrain.kernels.pool import global_mean_s8
 from microtrain.kernels.fully_connected import fully_connected_s8
 
@@ -89,16 +90,16 @@ class Inference:
             x = self.view(op.inputs[0])
             common = (p["weight"], p["bias"], mult, shift, xq[1], yq[1], lo, hi)
             if op.kind == "conv2d":
-                return conv2d_s8, (y, x) + common + (op.stride, op.pad)
+                return conv2d_s8, (y, NO_MASK, x) + common + (op.stride, op.pad)
             if op.kind == "depthwise":
-                return depthwise_conv_s8, (y, x) + common + (op.stride, op.pad)
+                return depthwise_conv_s8, (y, NO_MASK, x) + common + (op.stride, op.pad)
             if op.kind == "pointwise":
-                return pointwise_conv_s8, (y, x) + common
+                return pointwise_conv_s8, (y, NO_MASK, x) + common
             return fully_connected_s8, (y, x) + common
         if op.kind == "add":
             aq, bq = m.quant[op.inputs[0]], m.quant[op.inputs[1]]
             (am, ash), (bm, bsh), (ym, ysh) = add_multipliers(aq[0], bq[0], yq[0])
-            return add_s8, (y, self.view(op.inputs[0]), self.view(op.inputs[1]), aq[1], am, ash,
+            return add_s8, (y, NO_MASK, self.view(op.inputs[0]), self.view(op.inputs[1]), aq[1], am, ash,
                             bq[1], bm, bsh, yq[1], ym, ysh, -128, 127)
         if op.kind == "mean":
             return global_mean_s8, (y, self.view(op.inputs[0]), -128, 127)

@@ -265,3 +265,18 @@ def atomic_save_npy(path, array):
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_write_text(path, text):
+    """Write text to path via a temporary file and a rename (nothing half-written on error)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=str(path.parent or "."))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

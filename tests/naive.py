@@ -12,6 +12,8 @@ import numpy as np
 
 # Host-side parameter derivation only (used by the test-parameter makers at the end), never the fixed-point primitives.
 from microtrain.kernels.requant import activation_range_s8, conv_multipliers
+# The mask layout and the "no mask" argument (host-side constants), for check_s8_kernel.
+from microtrain.kernels.mask import NO_MASK, mask_shape
 
 INT32_MIN = -(2 ** 31)
 INT32_MAX = 2 ** 31 - 1
@@ -89,19 +91,43 @@ def wrap_int32(v):
     return (int(v) + 2 ** 31) % 2 ** 32 - 2 ** 31
 
 
+def requant_pre_s8(acc, multiplier, shift, y_zp):
+    """The value before the clamp: acc (exact sum of products + bias) wrapped to int32, mbqm, + output zero point."""
+    return mbqm(wrap_int32(acc), multiplier, shift) + int(y_zp)
+
+
 def requant_s8(acc, multiplier, shift, y_zp, act_min, act_max):
-    """The common tail of conv / depthwise / FC: acc (exact sum of products + bias) wrapped to int32, mbqm,
-    + output zero point, max then min, as an int."""
-    v = mbqm(wrap_int32(acc), multiplier, shift) + int(y_zp)
-    return min(max(v, int(act_min)), int(act_max))
+    """The common tail of conv / depthwise / FC: requant_pre_s8, then max, then min, as an int."""
+    return min(max(requant_pre_s8(acc, multiplier, shift, y_zp), int(act_min)), int(act_max))
+
+
+def requant_store(y, in_range, idx, v, act_min, act_max):
+    """y[idx] = clamp(v) and in_range[idx] = (act_min <= v <= act_max): the clamp and its STE mask (tiny-training's
+    _TruncateActivationRange: the gradient passes where the pre-clamp value is inside the range, bounds included)."""
+    y[idx] = min(max(v, int(act_min)), int(act_max))
+    in_range[idx] = int(act_min) <= v <= int(act_max)
+
+
+def finish(y, in_range, with_mask):
+    """What the int8 references return: y, or (y, in_range) with the boolean in-range array when with_mask."""
+    return (y, in_range) if with_mask else y
+
+
+def pack_mask(in_range):
+    """The 1-bit mask layout of kernels/mask.py from a boolean (N, H, W, C) array: (N * H, ceil(W * C / 8)) uint8,
+    each image row packed on its own (np.packbits pads every row to a byte boundary with 0 bits), bit j = w * C + c
+    of a row at bit j % 8 of byte j // 8."""
+    n, h, w, c = in_range.shape
+    return np.packbits(in_range.reshape(n * h, w * c), axis=1, bitorder="little")
 
 
 # ----------------------------------------------------------------------------------------------
 # Convolutions and FC
 # ----------------------------------------------------------------------------------------------
 
-def conv2d_s8(x, w, bias, mult, shift, x_zp, y_zp, act_min, act_max, stride, pad):
-    """x (N,H,W,Ci) s8, w (Co,KH,KW,Ci) s8 -> (N,OH,OW,Co) s8. Pad with x_zp, then a VALID convolution."""
+def conv2d_s8(x, w, bias, mult, shift, x_zp, y_zp, act_min, act_max, stride, pad, with_mask=False):
+    """x (N,H,W,Ci) s8, w (Co,KH,KW,Ci) s8 -> (N,OH,OW,Co) s8. Pad with x_zp, then a VALID convolution.
+    with_mask: also return the boolean pre-clamp in-range array (N,OH,OW,Co)."""
     N, H, W, CI = x.shape
     CO, KH, KW, _ = w.shape
     xp = np.pad(x.astype(np.int64), ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=int(x_zp))
@@ -109,14 +135,16 @@ def conv2d_s8(x, w, bias, mult, shift, x_zp, y_zp, act_min, act_max, stride, pad
     OW = (W + 2 * pad - KW) // stride + 1
     w64 = w.astype(np.int64)
     y = np.empty((N, OH, OW, CO), np.int8)
+    in_range = np.empty(y.shape, bool)
     for n in range(N):
         for oy in range(OH):
             for ox in range(OW):
                 patch = xp[n, oy * stride:oy * stride + KH, ox * stride:ox * stride + KW, :] - int(x_zp)
                 for co in range(CO):
                     acc = int(np.sum(patch * w64[co])) + int(bias[co])
-                    y[n, oy, ox, co] = requant_s8(acc, mult[co], shift[co], y_zp, act_min, act_max)
-    return y
+                    v = requant_pre_s8(acc, mult[co], shift[co], y_zp)
+                    requant_store(y, in_range, (n, oy, ox, co), v, act_min, act_max)
+    return finish(y, in_range, with_mask)
 
 
 def conv2d_f32(x, w, bias, act_min, act_max, stride, pad):
@@ -137,8 +165,9 @@ def conv2d_f32(x, w, bias, act_min, act_max, stride, pad):
     return np.clip(y, act_min, act_max)
 
 
-def depthwise_conv_s8(x, w, bias, mult, shift, x_zp, y_zp, act_min, act_max, stride, pad):
-    """x (N,H,W,C) s8, w (KH,KW,C) s8 -> (N,OH,OW,C) s8: each channel convolved with its own KH x KW filter."""
+def depthwise_conv_s8(x, w, bias, mult, shift, x_zp, y_zp, act_min, act_max, stride, pad, with_mask=False):
+    """x (N,H,W,C) s8, w (KH,KW,C) s8 -> (N,OH,OW,C) s8: each channel convolved with its own KH x KW filter.
+    with_mask: also return the boolean pre-clamp in-range array."""
     N, H, W, C = x.shape
     KH, KW, _ = w.shape
     xp = np.pad(x.astype(np.int64), ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=int(x_zp))
@@ -146,14 +175,16 @@ def depthwise_conv_s8(x, w, bias, mult, shift, x_zp, y_zp, act_min, act_max, str
     OW = (W + 2 * pad - KW) // stride + 1
     w64 = w.astype(np.int64)
     y = np.empty((N, OH, OW, C), np.int8)
+    in_range = np.empty(y.shape, bool)
     for n in range(N):
         for oy in range(OH):
             for ox in range(OW):
                 patch = xp[n, oy * stride:oy * stride + KH, ox * stride:ox * stride + KW, :] - int(x_zp)
                 for c in range(C):
                     acc = int(np.sum(patch[:, :, c] * w64[:, :, c])) + int(bias[c])
-                    y[n, oy, ox, c] = requant_s8(acc, mult[c], shift[c], y_zp, act_min, act_max)
-    return y
+                    v = requant_pre_s8(acc, mult[c], shift[c], y_zp)
+                    requant_store(y, in_range, (n, oy, ox, c), v, act_min, act_max)
+    return finish(y, in_range, with_mask)
 
 
 def depthwise_conv_f32(x, w, bias, act_min, act_max, stride, pad):
@@ -172,14 +203,17 @@ def depthwise_conv_f32(x, w, bias, act_min, act_max, stride, pad):
     return np.clip(y, act_min, act_max)
 
 
-def pointwise_conv_s8(x, w, bias, mult, shift, x_zp, y_zp, act_min, act_max):
-    """x (N,H,W,Ci) s8, w (Co,Ci) s8 -> (N,H,W,Co) s8: a 1x1 convolution is a matrix product per pixel."""
+def pointwise_conv_s8(x, w, bias, mult, shift, x_zp, y_zp, act_min, act_max, with_mask=False):
+    """x (N,H,W,Ci) s8, w (Co,Ci) s8 -> (N,H,W,Co) s8: a 1x1 convolution is a matrix product per pixel.
+    with_mask: also return the boolean pre-clamp in-range array."""
     acc = (x.astype(np.int64) - int(x_zp)) @ w.astype(np.int64).T + bias.astype(np.int64)
     y = np.empty(acc.shape, np.int8)
+    in_range = np.empty(y.shape, bool)
     for idx in np.ndindex(*acc.shape):
         co = idx[-1]
-        y[idx] = requant_s8(int(acc[idx]), mult[co], shift[co], y_zp, act_min, act_max)
-    return y
+        v = requant_pre_s8(int(acc[idx]), mult[co], shift[co], y_zp)
+        requant_store(y, in_range, idx, v, act_min, act_max)
+    return finish(y, in_range, with_mask)
 
 
 def pointwise_conv_f32(x, w, bias, act_min, act_max):
@@ -209,9 +243,12 @@ def fully_connected_f32(x, w, bias):
 # ADD, pooling, quantize
 # ----------------------------------------------------------------------------------------------
 
-def add_s8(a, b, a_zp, a_mult, a_shift, b_zp, b_mult, b_shift, y_zp, y_mult, y_shift, act_min, act_max):
-    """TFLM AddFunc (reference/integer_ops/add.h), left_shift = 20, elementwise on Python ints."""
+def add_s8(a, b, a_zp, a_mult, a_shift, b_zp, b_mult, b_shift, y_zp, y_mult, y_shift, act_min, act_max,
+           with_mask=False):
+    """TFLM AddFunc (reference/integer_ops/add.h), left_shift = 20, elementwise on Python ints.
+    with_mask: also return the boolean pre-clamp in-range array."""
     y = np.empty(a.shape, np.int8)
+    in_range = np.empty(a.shape, bool)
     for idx in np.ndindex(*a.shape):
         va = _check_int32((int(a[idx]) - int(a_zp)) * (1 << 20))
         vb = _check_int32((int(b[idx]) - int(b_zp)) * (1 << 20))
@@ -219,8 +256,8 @@ def add_s8(a, b, a_zp, a_mult, a_shift, b_zp, b_mult, b_shift, y_zp, y_mult, y_s
         ua = rdbpot(srdhm(va, a_mult), -int(a_shift))
         ub = rdbpot(srdhm(vb, b_mult), -int(b_shift))
         v = rdbpot(srdhm(_check_int32(ua + ub), y_mult), -int(y_shift)) + int(y_zp)
-        y[idx] = min(max(v, int(act_min)), int(act_max))
-    return y
+        requant_store(y, in_range, idx, v, act_min, act_max)
+    return finish(y, in_range, with_mask)
 
 
 def add_f32(a, b):
@@ -376,3 +413,19 @@ def make_s8_layer(rng, x_shape, w_shape, w_axis, real_fn, *, saturate=False, y_z
     act_min, act_max = act_range(rng, act, y_scale, y_zp)
     return dict(x=x, w=w, bias=bias, mult=mult, shift=shift, x_zp=x_zp, y_zp=y_zp,
                 act_min=int(act_min), act_max=int(act_max))
+
+
+def check_s8_kernel(kernel, expected, in_range, *args):
+    """Run an int8 forward kernel(y, mask, *args) twice, for inference (mask = NO_MASK) and for training (a mask):
+    both times y must equal `expected` (it starts as garbage, so every element is overwritten), and the training
+    mask must equal pack_mask(in_range) (it starts as garbage too: every byte, padding bits included, is written).
+    Returns y."""
+    y = np.full(expected.shape, 99, np.int8)
+    kernel(y, NO_MASK, *args)
+    np.testing.assert_array_equal(y, expected)
+    y_train = np.full(expected.shape, 99, np.int8)
+    mask = np.full(mask_shape(*expected.shape), 0xA5, np.uint8)
+    kernel(y_train, mask, *args)
+    np.testing.assert_array_equal(y_train, y)
+    np.testing.assert_array_equal(mask, pack_mask(in_range))
+    return y

@@ -18,11 +18,13 @@ from microtrain.kernels.bias_backward import bias_f32_backward, bias_f32_backwar
 from microtrain.kernels.conv2d_backward import conv2d_f32_backward_input, conv2d_f32_backward_weight
 from microtrain.kernels.depthwise_backward import (depthwise_conv_f32_backward_input,
                                                    depthwise_conv_f32_backward_weight)
-from microtrain.kernels.elementwise_backward import (accumulate_f32, mask_pack_bytes, mask_pack_f32,
-                                                     mask_pack_s8, mask_unpack_backward_f32, scale_f32)
+from microtrain.kernels.elementwise_backward import (accumulate_f32, mask_pack_f32, mask_unpack_backward_f32,
+                                                     scale_channels_f32, scale_f32)
 from microtrain.kernels.fully_connected_backward import (fully_connected_f32_backward_input,
                                                          fully_connected_f32_backward_weight)
+from microtrain.kernels.gather import gather_channels
 from microtrain.kernels.loss import softmax_cross_entropy_f32
+from microtrain.kernels.mask import mask_bytes, mask_shape
 from microtrain.kernels.pointwise_backward import (pointwise_conv_f32_backward_input,
                                                    pointwise_conv_f32_backward_weight)
 from microtrain.kernels.pool_backward import avgpool_f32_backward, global_mean_f32_backward
@@ -88,7 +90,7 @@ def check_conv2d(n, h, w, ci, co, k, stride, pad, seed):
     # (a) float64 kernels == finite differences of L = sum(conv2d(x, w, b) * dy)
     dx, dw, db = nans(x.shape), nans(wt.shape), nans(co)
     conv2d_f32_backward_input(dx, dy, wt, stride, pad)
-    conv2d_f32_backward_weight(dw, x, dy, allc, stride, pad)
+    conv2d_f32_backward_weight(dw, x, 0.0, dy, allc, stride, pad)
     bias_f32_backward(db, dy, allc)
     loss = lambda: float(np.sum(ng.conv2d(x, wt, b, stride, pad) * dy))  # noqa: E731
     assert_fd(dx, ng.numerical_gradient(loss, x))
@@ -99,11 +101,11 @@ def check_conv2d(n, h, w, ci, co, k, stride, pad, seed):
     x32, w32, dy32 = x.astype(np.float32), wt.astype(np.float32), dy.astype(np.float32)
     dx32, dw32, db32 = nans(x.shape, np.float32), nans(wt.shape, np.float32), nans(co, np.float32)
     conv2d_f32_backward_input(dx32, dy32, w32, stride, pad)
-    conv2d_f32_backward_weight(dw32, x32, dy32, allc, stride, pad)
+    conv2d_f32_backward_weight(dw32, x32, 0.0, dy32, allc, stride, pad)
     bias_f32_backward(db32, dy32, allc)
     adx, adw, adb = np.empty_like(dx), np.empty_like(dw), np.empty_like(db)
     conv2d_f32_backward_input(adx, np.abs(dy), np.abs(wt), stride, pad)
-    conv2d_f32_backward_weight(adw, np.abs(x), np.abs(dy), allc, stride, pad)
+    conv2d_f32_backward_weight(adw, np.abs(x), 0.0, np.abs(dy), allc, stride, pad)
     bias_f32_backward(adb, np.abs(dy), allc)
     assert_f32_within(dx32, dx, adx, k * k * co)
     assert_f32_within(dw32, dw, adw, n * oh * ow)
@@ -113,13 +115,13 @@ def check_conv2d(n, h, w, ci, co, k, stride, pad, seed):
     keep_in, keep_out = keep_subset(rng, ci), keep_subset(rng, co)
     x_saved = np.ascontiguousarray(x32[..., keep_in])  # forward saved only the kept input channels
     dw_in = nans((co, k, k, len(keep_in)), np.float32)
-    conv2d_f32_backward_weight(dw_in, x_saved, dy32, allc, stride, pad)
+    conv2d_f32_backward_weight(dw_in, x_saved, 0.0, dy32, allc, stride, pad)
     np.testing.assert_array_equal(dw_in, dw32[..., keep_in])
     dw_out = nans((len(keep_out), k, k, ci), np.float32)
-    conv2d_f32_backward_weight(dw_out, x32, dy32, keep_out, stride, pad)
+    conv2d_f32_backward_weight(dw_out, x32, 0.0, dy32, keep_out, stride, pad)
     np.testing.assert_array_equal(dw_out, dw32[keep_out])
     dw_both = nans((len(keep_out), k, k, len(keep_in)), np.float32)
-    conv2d_f32_backward_weight(dw_both, x_saved, dy32, keep_out, stride, pad)
+    conv2d_f32_backward_weight(dw_both, x_saved, 0.0, dy32, keep_out, stride, pad)
     np.testing.assert_array_equal(dw_both, dw32[keep_out][..., keep_in])
     db_s = nans(len(keep_out), np.float32)
     bias_f32_backward(db_s, dy32, keep_out)
@@ -185,7 +187,7 @@ def check_depthwise(n, h, w, c, k, stride, pad, seed):
 
     dx, dw, db = nans(x.shape), nans(wt.shape), nans(c)
     depthwise_conv_f32_backward_input(dx, dy, wt, stride, pad)
-    depthwise_conv_f32_backward_weight(dw, x, dy, allc, stride, pad)
+    depthwise_conv_f32_backward_weight(dw, x, 0.0, dy, allc, stride, pad)
     bias_f32_backward(db, dy, allc)
     loss = lambda: float(np.sum(ng.depthwise(x, wt, b, stride, pad) * dy))  # noqa: E731
     assert_fd(dx, ng.numerical_gradient(loss, x))
@@ -195,16 +197,16 @@ def check_depthwise(n, h, w, c, k, stride, pad, seed):
     x32, w32, dy32 = x.astype(np.float32), wt.astype(np.float32), dy.astype(np.float32)
     dx32, dw32 = nans(x.shape, np.float32), nans(wt.shape, np.float32)
     depthwise_conv_f32_backward_input(dx32, dy32, w32, stride, pad)
-    depthwise_conv_f32_backward_weight(dw32, x32, dy32, allc, stride, pad)
+    depthwise_conv_f32_backward_weight(dw32, x32, 0.0, dy32, allc, stride, pad)
     adx, adw = np.empty_like(dx), np.empty_like(dw)
     depthwise_conv_f32_backward_input(adx, np.abs(dy), np.abs(wt), stride, pad)
-    depthwise_conv_f32_backward_weight(adw, np.abs(x), np.abs(dy), allc, stride, pad)
+    depthwise_conv_f32_backward_weight(adw, np.abs(x), 0.0, np.abs(dy), allc, stride, pad)
     assert_f32_within(dx32, dx, adx, k * k)
     assert_f32_within(dw32, dw, adw, n * oh * ow)
 
     keep = keep_subset(rng, c)
     dw_s = nans((k, k, len(keep)), np.float32)
-    depthwise_conv_f32_backward_weight(dw_s, np.ascontiguousarray(x32[..., keep]), dy32, keep, stride, pad)
+    depthwise_conv_f32_backward_weight(dw_s, np.ascontiguousarray(x32[..., keep]), 0.0, dy32, keep, stride, pad)
     np.testing.assert_array_equal(dw_s, dw32[:, :, keep])
     return dx32
 
@@ -246,7 +248,7 @@ def check_pointwise(n, h, w, ci, co, seed):
     allc = arange32(co)
     dx, dw = nans(x.shape), nans(wt.shape)
     pointwise_conv_f32_backward_input(dx, dy, wt)
-    pointwise_conv_f32_backward_weight(dw, x, dy, allc)
+    pointwise_conv_f32_backward_weight(dw, x, 0.0, dy, allc)
     loss = lambda: float(np.sum(ng.pointwise(x, wt, b) * dy))  # noqa: E731
     assert_fd(dx, ng.numerical_gradient(loss, x))
     assert_fd(dw, ng.numerical_gradient(loss, wt))
@@ -254,19 +256,19 @@ def check_pointwise(n, h, w, ci, co, seed):
     x32, w32, dy32 = x.astype(np.float32), wt.astype(np.float32), dy.astype(np.float32)
     dx32, dw32 = nans(x.shape, np.float32), nans(wt.shape, np.float32)
     pointwise_conv_f32_backward_input(dx32, dy32, w32)
-    pointwise_conv_f32_backward_weight(dw32, x32, dy32, allc)
+    pointwise_conv_f32_backward_weight(dw32, x32, 0.0, dy32, allc)
     adx, adw = np.empty_like(dx), np.empty_like(dw)
     pointwise_conv_f32_backward_input(adx, np.abs(dy), np.abs(wt))
-    pointwise_conv_f32_backward_weight(adw, np.abs(x), np.abs(dy), allc)
+    pointwise_conv_f32_backward_weight(adw, np.abs(x), 0.0, np.abs(dy), allc)
     assert_f32_within(dx32, dx, adx, co)
     assert_f32_within(dw32, dw, adw, n * h * w)
 
     keep_in, keep_out = keep_subset(rng, ci), keep_subset(rng, co)
     dw_in = nans((co, len(keep_in)), np.float32)
-    pointwise_conv_f32_backward_weight(dw_in, np.ascontiguousarray(x32[..., keep_in]), dy32, allc)
+    pointwise_conv_f32_backward_weight(dw_in, np.ascontiguousarray(x32[..., keep_in]), 0.0, dy32, allc)
     np.testing.assert_array_equal(dw_in, dw32[:, keep_in])
     dw_out = nans((len(keep_out), ci), np.float32)
-    pointwise_conv_f32_backward_weight(dw_out, x32, dy32, keep_out)
+    pointwise_conv_f32_backward_weight(dw_out, x32, 0.0, dy32, keep_out)
     np.testing.assert_array_equal(dw_out, dw32[keep_out])
 
 
@@ -296,7 +298,7 @@ def check_fully_connected(n, ci, co, seed):
     allc = arange32(co)
     dx, dw, db = nans(x.shape), nans(wt.shape), nans(co)
     fully_connected_f32_backward_input(dx, dy, wt)
-    fully_connected_f32_backward_weight(dw, x, dy, allc)
+    fully_connected_f32_backward_weight(dw, x, 0.0, dy, allc)
     bias_f32_backward_2d(db, dy, allc)
     loss = lambda: float(np.sum(ng.fully_connected(x, wt, b) * dy))  # noqa: E731
     assert_fd(dx, ng.numerical_gradient(loss, x))
@@ -306,11 +308,11 @@ def check_fully_connected(n, ci, co, seed):
     x32, w32, dy32 = x.astype(np.float32), wt.astype(np.float32), dy.astype(np.float32)
     dx32, dw32, db32 = nans(x.shape, np.float32), nans(wt.shape, np.float32), nans(co, np.float32)
     fully_connected_f32_backward_input(dx32, dy32, w32)
-    fully_connected_f32_backward_weight(dw32, x32, dy32, allc)
+    fully_connected_f32_backward_weight(dw32, x32, 0.0, dy32, allc)
     bias_f32_backward_2d(db32, dy32, allc)
     adx, adw, adb = np.empty_like(dx), np.empty_like(dw), np.empty_like(db)
     fully_connected_f32_backward_input(adx, np.abs(dy), np.abs(wt))
-    fully_connected_f32_backward_weight(adw, np.abs(x), np.abs(dy), allc)
+    fully_connected_f32_backward_weight(adw, np.abs(x), 0.0, np.abs(dy), allc)
     bias_f32_backward_2d(adb, np.abs(dy), allc)
     assert_f32_within(dx32, dx, adx, co)
     assert_f32_within(dw32, dw, adw, n)
@@ -318,10 +320,10 @@ def check_fully_connected(n, ci, co, seed):
 
     keep_in, keep_out = keep_subset(rng, ci), keep_subset(rng, co)
     dw_in = nans((co, len(keep_in)), np.float32)
-    fully_connected_f32_backward_weight(dw_in, np.ascontiguousarray(x32[:, keep_in]), dy32, allc)
+    fully_connected_f32_backward_weight(dw_in, np.ascontiguousarray(x32[:, keep_in]), 0.0, dy32, allc)
     np.testing.assert_array_equal(dw_in, dw32[:, keep_in])
     dw_out = nans((len(keep_out), ci), np.float32)
-    fully_connected_f32_backward_weight(dw_out, x32, dy32, keep_out)
+    fully_connected_f32_backward_weight(dw_out, x32, 0.0, dy32, keep_out)
     np.testing.assert_array_equal(dw_out, dw32[keep_out])
     db_s = nans(len(keep_out), np.float32)
     bias_f32_backward_2d(db_s, dy32, keep_out)
@@ -424,8 +426,10 @@ def test_accumulate_and_scale_f32():
     np.testing.assert_array_equal(a, -2 * out)
 
 
-def packed_reference(values, lo, hi):
-    return np.packbits(((values > lo) & (values < hi)).reshape(-1), bitorder="little")
+def packed_reference(passes):
+    """The mask layout of kernels/mask.py from a boolean (N, H, W, C) array: each image row packed on its own."""
+    n, h, w, c = passes.shape
+    return np.packbits(passes.reshape(n * h, w * c), axis=1, bitorder="little")
 
 
 @kernel_settings(40)
@@ -435,9 +439,9 @@ def test_mask_pack_unpack_f32(n, h, w, c, seed):
     # ReLU6 outputs with exact boundary values, clamped values and interior values
     y = np.clip(rng.uniform(-2, 8, (n, h, w, c)), 0, 6).astype(np.float32)
     y.reshape(-1)[rng.integers(0, y.size, 2)] = [0.0, 6.0][rng.integers(0, 2)]
-    mask = np.full(mask_pack_bytes(y.size), 0xAB, np.uint8)  # garbage: the kernel must overwrite every byte
+    mask = np.full(mask_shape(n, h, w, c), 0xAB, np.uint8)  # garbage: the kernel must overwrite every byte
     mask_pack_f32(mask, y, 0.0, 6.0)
-    np.testing.assert_array_equal(mask, packed_reference(y, 0, 6))
+    np.testing.assert_array_equal(mask, packed_reference((y > 0) & (y < 6)))
     dy = rng.standard_normal(y.shape).astype(np.float32)
     dx = nans(y.shape, np.float32)
     mask_unpack_backward_f32(dx, dy, mask)
@@ -446,12 +450,29 @@ def test_mask_pack_unpack_f32(n, h, w, c, seed):
     np.testing.assert_array_equal(dy, dx)
 
 
+def test_mask_layout_rows_start_on_byte_boundaries():
+    # (N, H, W, C) = (2, 3, 5, 3): 15 bits per image row -> 2 bytes per row, 6 rows = 12 bytes;
+    # (1, 3, 3, 1): 3 rows of 1 byte = 3 bytes, where a flat mask of 9 bits would need 2.
+    assert mask_shape(2, 3, 5, 3) == (6, 2) and mask_bytes(2, 3, 5, 3) == 12
+    assert mask_shape(1, 3, 3, 1) == (3, 1) and mask_bytes(1, 3, 3, 1) == 3
+    assert mask_shape(1, 4, 4, 16) == (4, 8) and mask_bytes(1, 4, 4, 16) == 32  # W * C % 8 == 0: no padding
+    y = np.zeros((2, 3, 5, 3), np.float32)
+    y[1, 2, 4, 2] = 1.0  # the last element of the last row: bit 14 of row 5
+    y[0, 1, 0, 0] = 1.0  # the first element of row 1: bit 0 of byte 0 of row 1
+    mask = np.full((6, 2), 0xFF, np.uint8)
+    mask_pack_f32(mask, y, 0.0, 6.0)
+    expect = np.zeros((6, 2), np.uint8)
+    expect[5, 1] = 1 << 6
+    expect[1, 0] = 1
+    np.testing.assert_array_equal(mask, expect)
+
+
 def test_mask_bit_order_and_tail():
     y = np.array([1, 0, 1, 1, 6, 1, 0, 0, 1, 7, 1], np.float32).reshape(1, 1, 11, 1)
-    mask = np.full(2, 0xFF, np.uint8)
+    mask = np.full((1, 2), 0xFF, np.uint8)
     mask_pack_f32(mask, y, 0.0, 6.0)
-    # element i -> bit i % 8 of byte i // 8; bits 3..7 of the last byte unused and 0
-    assert mask.tolist() == [0b00101101, 0b101]
+    # element j -> bit j % 8 of byte j // 8; bits 3..7 of the last byte unused and 0
+    assert mask.tolist() == [[0b00101101, 0b101]]
 
 
 def test_mask_bounds_cast_to_float32_like_the_forward():
@@ -459,9 +480,9 @@ def test_mask_bounds_cast_to_float32_like_the_forward():
     lo = 0.1
     y = np.full((1, 1, 1, 3), np.float32(lo), np.float32)
     y[0, 0, 0, 1] = 0.5
-    mask = np.zeros(1, np.uint8)
+    mask = np.zeros((1, 1), np.uint8)
     mask_pack_f32(mask, y, lo, 6.0)
-    assert mask[0] == 0b010
+    assert mask[0, 0] == 0b010
 
 
 def test_mask_unpack_matches_finite_differences():
@@ -470,7 +491,7 @@ def test_mask_unpack_matches_finite_differences():
     x[np.abs(x) < 1e-3] += 2e-3  # stay off the kinks at 0 and 6 (the derivative is undefined there)
     x[np.abs(x - 6) < 1e-3] += 2e-3
     dy = f64(rng, *x.shape)
-    mask = np.empty(mask_pack_bytes(x.size), np.uint8)
+    mask = np.empty(mask_shape(*x.shape), np.uint8)
     mask_pack_f32(mask, ng.clamp(x, 0.0, 6.0), 0.0, 6.0)
     dx = nans(x.shape)
     mask_unpack_backward_f32(dx, dy, mask)
@@ -478,23 +499,163 @@ def test_mask_unpack_matches_finite_differences():
 
 
 @kernel_settings(40)
-@given(st.integers(1, 2), st.integers(1, 3), st.integers(1, 5), st.integers(1, 9),
-       st.integers(-128, 127), st.integers(-128, 127), st.integers(0, 2 ** 32 - 1))
-def test_mask_pack_s8(n, h, w, c, lo, hi, seed):
-    lo, hi = min(lo, hi), max(lo, hi)
+@given(st.integers(1, 2), st.integers(1, 3), st.integers(1, 5), st.integers(1, 9), st.integers(0, 2 ** 32 - 1))
+def test_mask_unpack_reads_the_forward_kernels_layout(n, h, w, c, seed):
+    # The int8 forward kernels write the mask in the same layout (tests/test_kernels_*.py check their bits against
+    # naive.pack_mask); here any bit pattern in that layout must gate exactly its own element.
     rng = np.random.default_rng(seed)
-    q = np.clip(rng.integers(-128, 128, (n, h, w, c)), lo, hi).astype(np.int8)
-    mask = np.full(mask_pack_bytes(q.size), 0x5A, np.uint8)
-    mask_pack_s8(mask, q, lo, hi)
-    np.testing.assert_array_equal(mask, packed_reference(q.astype(np.int64), lo, hi))
+    passes = rng.random((n, h, w, c)) < 0.5
+    mask = packed_reference(passes)
+    dy = rng.standard_normal(passes.shape).astype(np.float32)
+    dx = nans(passes.shape, np.float32)
+    mask_unpack_backward_f32(dx, dy, mask)
+    np.testing.assert_array_equal(dx, np.where(passes, dy, np.float32(0)))
 
 
-def test_mask_pack_s8_full_int8_range():
-    q = np.arange(-128, 128, dtype=np.int8).reshape(1, 16, 16, 1)
-    mask = np.empty(32, np.uint8)
-    mask_pack_s8(mask, q, -128, 127)  # tiny-training's truncation range: only the two ends are blocked
-    bits = np.unpackbits(mask, bitorder="little")
-    assert bits[0] == 0 and bits[255] == 0 and bits[1:255].all()
+# ---------------------------------------------------------------------------------------------------------------
+# per-channel scaling, channel gather, and int8 operands (int8 training mode)
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scale_channels_f32(dtype):
+    rng = np.random.default_rng(15)
+    dy = rng.standard_normal((2, 3, 4, 5)).astype(dtype)
+    s = rng.uniform(0.001, 0.05, 5).astype(np.float32)
+    expect = dy * s.astype(dtype)  # s[c] cast to dy's dtype, one multiply per element
+    scale_channels_f32(dy, s)
+    np.testing.assert_array_equal(dy, expect)
+    # a 2-D (N, C) gradient through its (N, 1, 1, C) view: scaled in place, no copy
+    d2 = rng.standard_normal((3, 5)).astype(np.float32)
+    expect2 = d2 * s
+    scale_channels_f32(d2.reshape(3, 1, 1, 5), s)
+    np.testing.assert_array_equal(d2, expect2)
+    with pytest.raises(ValueError):
+        scale_channels_f32(d2.reshape(3, 1, 1, 5), s[:4])
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.float32])
+def test_gather_channels(dtype):
+    rng = np.random.default_rng(16)
+    src = (rng.integers(-128, 128, (2, 3, 5, 7)) if dtype == np.int8 else rng.standard_normal((2, 3, 5, 7))
+           ).astype(dtype)
+    keep = np.array([6, 0, 3], np.int32)  # the caller's order, unsorted
+    dst = np.full((2, 3, 5, 3), 99, dtype)
+    gather_channels(dst, src, keep)
+    np.testing.assert_array_equal(dst, src[..., keep])
+    one = np.full((2, 3, 5, 1), 99, dtype)
+    gather_channels(one, src, np.array([4], np.int32))
+    np.testing.assert_array_equal(one, src[..., 4:5])
+    with pytest.raises(ValueError):  # keep index out of range
+        gather_channels(dst, src, np.array([6, 7, 0], np.int32))
+    with pytest.raises(ValueError):  # dst has a channel per keep entry
+        gather_channels(dst, src, np.array([1, 2], np.int32))
+    with pytest.raises(ValueError):  # same N, H, W
+        gather_channels(np.empty((2, 3, 4, 3), dtype), src, keep)
+
+
+def s8_and_f32(rng, *shape):
+    """An int8 array and the same values as float32 (exact)."""
+    q = rng.integers(-128, 128, shape).astype(np.int8)
+    return q, q.astype(np.float32)
+
+
+@pytest.mark.parametrize("x_zp", [0, -128, 37, 127])
+def test_weight_gradients_of_int8_saved_activations(x_zp):
+    # int8 mode saves x_int and passes x_zp: the kernels compute sum dy * (x_int - x_zp), equal bit for bit to the
+    # float32 kernel on the float32 array x_int - x_zp (exact in float32), and in float32 (NumPy 2 promotion of
+    # int8 - float32, the same jitted and interpreted).
+    rng = np.random.default_rng(200 + x_zp)
+    zp = np.float32(x_zp)
+    x8, x32 = s8_and_f32(rng, 2, 7, 6, 3)
+    xc = x32 - zp
+    dy = rng.standard_normal((2, 4, 3, 4)).astype(np.float32)
+    keep = np.array([3, 0], np.int32)
+    a, b = nans((2, 3, 3, 3), np.float32), nans((2, 3, 3, 3), np.float32)
+    conv2d_f32_backward_weight(a, x8, zp, dy, keep, 2, 1)
+    conv2d_f32_backward_weight(b, xc, np.float32(0), dy, keep, 2, 1)
+    np.testing.assert_array_equal(a, b)
+    # and it is the gradient of the real-valued layer: s_x * a == dL/dw for x_real = s_x * (x_int - x_zp)
+    s_x = 0.05
+    ref = np.empty((2, 3, 3, 3))
+    conv2d_f32_backward_weight(ref, s_x * (x8.astype(np.float64) - x_zp), 0.0, dy.astype(np.float64), keep, 2, 1)
+    np.testing.assert_allclose(s_x * a.astype(np.float64), ref, rtol=1e-5, atol=1e-6)
+
+    dyd = rng.standard_normal((2, 7, 6, 3)).astype(np.float32)
+    kd = np.array([2, 1], np.int32)
+    a, b = nans((3, 3, 2), np.float32), nans((3, 3, 2), np.float32)
+    x8k = np.ascontiguousarray(x8[..., kd])
+    depthwise_conv_f32_backward_weight(a, x8k, zp, dyd, kd, 1, 1)
+    depthwise_conv_f32_backward_weight(b, x8k.astype(np.float32) - zp, np.float32(0), dyd, kd, 1, 1)
+    np.testing.assert_array_equal(a, b)
+
+    dyp = rng.standard_normal((2, 7, 6, 5)).astype(np.float32)
+    a, b = nans((5, 3), np.float32), nans((5, 3), np.float32)
+    pointwise_conv_f32_backward_weight(a, x8, zp, dyp, arange32(5))
+    pointwise_conv_f32_backward_weight(b, xc, np.float32(0), dyp, arange32(5))
+    np.testing.assert_array_equal(a, b)
+
+    f8, f32 = s8_and_f32(rng, 3, 6)
+    dyf = rng.standard_normal((3, 4)).astype(np.float32)
+    a, b = nans((4, 6), np.float32), nans((4, 6), np.float32)
+    fully_connected_f32_backward_weight(a, f8, zp, dyf, arange32(4))
+    fully_connected_f32_backward_weight(b, f32 - zp, np.float32(0), dyf, arange32(4))
+    np.testing.assert_array_equal(a, b)
+    assert a.dtype == np.float32 and np.all(np.isfinite(a))
+
+
+def test_weight_gradient_skips_padding_taps_of_int8_input():
+    # A constant input equal to its zero point is real zero everywhere, padding included: every gradient is 0.
+    x8 = np.full((1, 5, 5, 2), -9, np.int8)
+    dy = np.ones((1, 3, 3, 1), np.float32)
+    dw = nans((1, 3, 3, 2), np.float32)
+    conv2d_f32_backward_weight(dw, x8, np.float32(-9), dy, arange32(1), 2, 1)
+    np.testing.assert_array_equal(dw, 0)
+    # x_int = zp + 1 (real value 1 everywhere in the image, 0 in the padding): each tap counts its in-image outputs
+    x8[...] = -8
+    conv2d_f32_backward_weight(dw, x8, np.float32(-9), dy, arange32(1), 2, 1)
+    # k3 s2 p1 on 5x5: windows start at -1, 1, 3, so taps 0 and 2 see the image twice, tap 1 three times
+    counts = np.outer([2, 3, 2], [2, 3, 2]).astype(np.float32)
+    np.testing.assert_array_equal(dw[0, :, :, 0], counts)
+
+
+def test_input_gradients_with_int8_weights():
+    # int8 mode hands the frozen int8 weights and dy pre-scaled by s_w per output channel: the result equals the
+    # float32 kernel on float32(w_int) bit for bit, is float32, and is dL/dx of the real layer (w_real = s_w w_int).
+    rng = np.random.default_rng(18)
+    s_w = rng.uniform(0.001, 0.05, 4).astype(np.float32)
+
+    w8, w32 = s8_and_f32(rng, 4, 3, 3, 3)
+    dy = rng.standard_normal((2, 4, 3, 4)).astype(np.float32)
+    dys = dy.copy()
+    scale_channels_f32(dys, s_w)
+    a, b = nans((2, 7, 6, 3), np.float32), nans((2, 7, 6, 3), np.float32)
+    conv2d_f32_backward_input(a, dys, w8, 2, 1)
+    conv2d_f32_backward_input(b, dys, w32, 2, 1)
+    np.testing.assert_array_equal(a, b)
+    ref = np.empty((2, 7, 6, 3))
+    conv2d_f32_backward_input(ref, dy.astype(np.float64), w8.astype(np.float64) * s_w.astype(np.float64)[:, None,
+                              None, None], 2, 1)
+    np.testing.assert_allclose(a, ref, rtol=1e-5, atol=1e-6)
+
+    wd8, wd32 = s8_and_f32(rng, 5, 5, 4)
+    dyd = rng.standard_normal((1, 3, 3, 4)).astype(np.float32)
+    a, b = nans((1, 5, 5, 4), np.float32), nans((1, 5, 5, 4), np.float32)
+    depthwise_conv_f32_backward_input(a, dyd, wd8, 2, 2)
+    depthwise_conv_f32_backward_input(b, dyd, wd32, 2, 2)
+    np.testing.assert_array_equal(a, b)
+
+    wp8, wp32 = s8_and_f32(rng, 4, 6)
+    dyp = rng.standard_normal((2, 3, 3, 4)).astype(np.float32)
+    a, b = nans((2, 3, 3, 6), np.float32), nans((2, 3, 3, 6), np.float32)
+    pointwise_conv_f32_backward_input(a, dyp, wp8)
+    pointwise_conv_f32_backward_input(b, dyp, wp32)
+    np.testing.assert_array_equal(a, b)
+
+    dyf = rng.standard_normal((3, 4)).astype(np.float32)
+    a, b = nans((3, 6), np.float32), nans((3, 6), np.float32)
+    fully_connected_f32_backward_input(a, dyf, wp8)
+    fully_connected_f32_backward_input(b, dyf, wp32)
+    np.testing.assert_array_equal(a, b)
+    assert a.dtype == np.float32
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -543,15 +704,17 @@ def test_shape_mismatches_raise():
     with pytest.raises(ValueError):  # OH does not match H, k, stride, pad
         conv2d_f32_backward_input(np.empty((1, 5, 5, 2), f), np.empty((1, 4, 3, 3), f), np.empty((3, 3, 3, 2), f), 2, 1)
     with pytest.raises(ValueError):  # keep index out of range
-        conv2d_f32_backward_weight(np.empty((1, 3, 3, 2), f), np.empty((1, 5, 5, 2), f), np.empty((1, 3, 3, 3), f),
-                                   np.array([3], np.int32), 2, 1)
+        conv2d_f32_backward_weight(np.empty((1, 3, 3, 2), f), np.empty((1, 5, 5, 2), f), 0.0,
+                                   np.empty((1, 3, 3, 3), f), np.array([3], np.int32), 2, 1)
     with pytest.raises(ValueError):
-        depthwise_conv_f32_backward_weight(np.empty((3, 3, 1), f), np.empty((1, 5, 5, 1), f),
+        depthwise_conv_f32_backward_weight(np.empty((3, 3, 1), f), np.empty((1, 5, 5, 1), f), 0.0,
                                            np.empty((1, 5, 5, 2), f), np.array([-1], np.int32), 1, 1)
     with pytest.raises(ValueError):
         bias_f32_backward(np.empty(2, f), np.empty((1, 2, 2, 3), f), np.array([0], np.int32))
-    with pytest.raises(ValueError):
-        mask_pack_f32(np.empty(1, np.uint8), np.empty((1, 1, 3, 3), f), 0.0, 6.0)
+    with pytest.raises(ValueError):  # (1, 1, 3, 3) needs a (1, 2) mask
+        mask_pack_f32(np.empty((1, 1), np.uint8), np.empty((1, 1, 3, 3), f), 0.0, 6.0)
+    with pytest.raises(ValueError):  # a flat mask (one row for two image rows) is not the layout
+        mask_unpack_backward_f32(np.empty((1, 2, 4, 1), f), np.empty((1, 2, 4, 1), f), np.empty((1, 1), np.uint8))
     with pytest.raises(ValueError):  # pad >= kernel size
         avgpool_f32_backward(np.empty((1, 3, 3, 1), f), np.empty((1, 4, 4, 1), f), 2, 2, 1, 2)
 
@@ -574,32 +737,33 @@ def test_real_layer_sparse_equals_dense(op, shape, n_keep):
         h, w, ci, co, k, s, p = shape
         x, dy = rng.standard_normal((1, h, w, ci)).astype(f), rng.standard_normal((1, h // s, w // s, co)).astype(f)
         dense = np.empty((co, k, k, ci), f)
-        conv2d_f32_backward_weight(dense, x, dy, arange32(co), s, p)
+        conv2d_f32_backward_weight(dense, x, 0.0, dy, arange32(co), s, p)
         keep = rng.permutation(co)[:n_keep].astype(np.int32)
         sparse = np.empty((n_keep, k, k, ci), f)
-        conv2d_f32_backward_weight(sparse, x, dy, keep, s, p)
+        conv2d_f32_backward_weight(sparse, x, 0.0, dy, keep, s, p)
         np.testing.assert_array_equal(sparse, dense[keep])
         abs_ref, ref = np.empty(dense.shape), np.empty(dense.shape)
-        conv2d_f32_backward_weight(ref, x.astype(float), dy.astype(float), arange32(co), s, p)
-        conv2d_f32_backward_weight(abs_ref, np.abs(x.astype(float)), np.abs(dy.astype(float)), arange32(co), s, p)
+        conv2d_f32_backward_weight(ref, x.astype(float), 0.0, dy.astype(float), arange32(co), s, p)
+        conv2d_f32_backward_weight(abs_ref, np.abs(x.astype(float)), 0.0, np.abs(dy.astype(float)), arange32(co),
+                                   s, p)
         assert_f32_within(dense, ref, abs_ref, (h // s) * (w // s))
     elif op == "pointwise":
         h, w, ci, co = shape
         x, dy = rng.standard_normal((1, h, w, ci)).astype(f), rng.standard_normal((1, h, w, co)).astype(f)
         dense = np.empty((co, ci), f)
-        pointwise_conv_f32_backward_weight(dense, x, dy, arange32(co))
+        pointwise_conv_f32_backward_weight(dense, x, 0.0, dy, arange32(co))
         keep = rng.permutation(ci)[:n_keep].astype(np.int32)
         sparse = np.empty((co, n_keep), f)
-        pointwise_conv_f32_backward_weight(sparse, np.ascontiguousarray(x[..., keep]), dy, arange32(co))
+        pointwise_conv_f32_backward_weight(sparse, np.ascontiguousarray(x[..., keep]), 0.0, dy, arange32(co))
         np.testing.assert_array_equal(sparse, dense[:, keep])
     else:
         h, w, c, k, s, p = shape
         x, dy = rng.standard_normal((1, h, w, c)).astype(f), rng.standard_normal((1, h, w, c)).astype(f)
         dense = np.empty((k, k, c), f)
-        depthwise_conv_f32_backward_weight(dense, x, dy, arange32(c), s, p)
+        depthwise_conv_f32_backward_weight(dense, x, 0.0, dy, arange32(c), s, p)
         keep = rng.permutation(c)[:n_keep].astype(np.int32)
         sparse = np.empty((k, k, n_keep), f)
-        depthwise_conv_f32_backward_weight(sparse, np.ascontiguousarray(x[..., keep]), dy, keep, s, p)
+        depthwise_conv_f32_backward_weight(sparse, np.ascontiguousarray(x[..., keep]), 0.0, dy, keep, s, p)
         np.testing.assert_array_equal(sparse, dense[:, :, keep])
 
 
@@ -641,14 +805,14 @@ class TinyNet:
         p = {k: c(v) for k, v in self.p.items()}
         x, a1, a2, f, logits = c(self.x), c(s["a1"]), c(s["a2"]), c(s["f"]), c(s["logits"])
         # masks instead of saved ReLU6 outputs (1 bit per element)
-        m1, m2 = np.empty(mask_pack_bytes(a1.size), np.uint8), np.empty(mask_pack_bytes(a2.size), np.uint8)
+        m1, m2 = np.empty(mask_shape(*a1.shape), np.uint8), np.empty(mask_shape(*a2.shape), np.uint8)
         mask_pack_f32(m1, a1, 0.0, 6.0)
         mask_pack_f32(m2, a2, 0.0, 6.0)
         g = {}
         dlogits = np.empty_like(logits)
         g["loss"] = softmax_cross_entropy_f32(dlogits, logits, self.labels)
         g["fc_w"], g["fc_b"] = np.empty((3, 4), dtype), np.empty(3, dtype)
-        fully_connected_f32_backward_weight(g["fc_w"], f, dlogits, arange32(3))
+        fully_connected_f32_backward_weight(g["fc_w"], f, 0.0, dlogits, arange32(3))
         bias_f32_backward_2d(g["fc_b"], dlogits, arange32(3))
         df = np.empty_like(f)
         fully_connected_f32_backward_input(df, dlogits, p["fc_w"])
@@ -656,20 +820,20 @@ class TinyNet:
         global_mean_f32_backward(dz, df)
         # residual add: the pointwise branch takes dz as its upstream gradient unchanged (no copy)
         g["pw_w"], g["pw_b"] = np.empty((len(keep["pw"]), 4), dtype), np.empty(len(keep["pw"]), dtype)
-        pointwise_conv_f32_backward_weight(g["pw_w"], a2, dz, keep["pw"])
+        pointwise_conv_f32_backward_weight(g["pw_w"], a2, 0.0, dz, keep["pw"])
         bias_f32_backward(g["pw_b"], dz, keep["pw"])
         da2 = np.empty_like(a2)
         pointwise_conv_f32_backward_input(da2, dz, p["pw_w"])
         mask_unpack_backward_f32(da2, da2, m2)  # ReLU6 backward, in place
         g["dw_w"], g["dw_b"] = np.empty((3, 3, len(keep["dw"])), dtype), np.empty(len(keep["dw"]), dtype)
-        depthwise_conv_f32_backward_weight(g["dw_w"], c(a1[..., keep["dw"]]), da2, keep["dw"], 1, 1)
+        depthwise_conv_f32_backward_weight(g["dw_w"], c(a1[..., keep["dw"]]), 0.0, da2, keep["dw"], 1, 1)
         bias_f32_backward(g["dw_b"], da2, keep["dw"])
         da1 = np.empty_like(a1)
         depthwise_conv_f32_backward_input(da1, da2, p["dw_w"], 1, 1)
         accumulate_f32(da1, dz)  # + the shortcut's path
         mask_unpack_backward_f32(da1, da1, m1)
         g["conv_w"], g["conv_b"] = np.empty((4, 3, 3, len(keep["conv"])), dtype), np.empty(4, dtype)
-        conv2d_f32_backward_weight(g["conv_w"], c(x[..., keep["conv"]]), da1, arange32(4), 2, 1)
+        conv2d_f32_backward_weight(g["conv_w"], c(x[..., keep["conv"]]), 0.0, da1, arange32(4), 2, 1)
         bias_f32_backward(g["conv_b"], da1, arange32(4))
         g["x"] = np.empty_like(x)
         conv2d_f32_backward_input(g["x"], da1, p["conv_w"], 2, 1)
@@ -723,18 +887,34 @@ def kernel_calls():
     xd, dyd, wd = r(2, 7, 7, 4), r(2, 4, 4, 4), r(3, 3, 4)
     xp, dyp, wp = r(2, 4, 4, 3), r(2, 4, 4, 5), r(5, 3)
     k5, k4, k3 = arange32(5), np.array([3, 1], np.int32), arange32(3)
-    mask = np.empty(mask_pack_bytes(dyd.size), np.uint8)
+    mask = np.empty(mask_shape(*dyd.shape), np.uint8)
     logits, labels = r(2, 5), np.array([4, 0], np.int32)
+    s8 = lambda *s: rng.integers(-128, 128, s).astype(np.int8)  # noqa: E731
+    F0 = np.float32(0.0)
+    w8 = s8(5, 3, 3, 3)
+    x8 = s8(2, 7, 7, 3)
     return [
         ("conv2d_input", conv2d_f32_backward_input, (np.empty_like(x), dy, w, 2, 1)),
-        ("conv2d_weight", conv2d_f32_backward_weight, (np.empty((5, 3, 3, 3), np.float32), x, dy, k5, 2, 1)),
+        ("conv2d_weight", conv2d_f32_backward_weight, (np.empty((5, 3, 3, 3), np.float32), x, F0, dy, k5, 2, 1)),
+        ("conv2d_weight_s8x", conv2d_f32_backward_weight,
+         (np.empty((5, 3, 3, 3), np.float32), x8, np.float32(-3), dy, k5, 2, 1)),
+        ("conv2d_input_s8w", conv2d_f32_backward_input, (np.empty_like(x), dy, w8, 2, 1)),
         ("depthwise_input", depthwise_conv_f32_backward_input, (np.empty_like(xd), dyd, wd, 2, 1)),
         ("depthwise_weight", depthwise_conv_f32_backward_weight,
-         (np.empty((3, 3, 2), np.float32), np.ascontiguousarray(xd[..., k4]), dyd, k4, 2, 1)),
+         (np.empty((3, 3, 2), np.float32), np.ascontiguousarray(xd[..., k4]), F0, dyd, k4, 2, 1)),
+        ("depthwise_weight_s8x", depthwise_conv_f32_backward_weight,
+         (np.empty((3, 3, 2), np.float32), s8(2, 7, 7, 2), np.float32(5), dyd, k4, 2, 1)),
+        ("depthwise_input_s8w", depthwise_conv_f32_backward_input, (np.empty_like(xd), dyd, s8(3, 3, 4), 2, 1)),
         ("pointwise_input", pointwise_conv_f32_backward_input, (np.empty_like(xp), dyp, wp)),
-        ("pointwise_weight", pointwise_conv_f32_backward_weight, (np.empty((5, 3), np.float32), xp, dyp, k5)),
+        ("pointwise_weight", pointwise_conv_f32_backward_weight, (np.empty((5, 3), np.float32), xp, F0, dyp, k5)),
+        ("pointwise_weight_s8x", pointwise_conv_f32_backward_weight,
+         (np.empty((5, 3), np.float32), s8(2, 4, 4, 3), np.float32(1), dyp, k5)),
+        ("pointwise_input_s8w", pointwise_conv_f32_backward_input, (np.empty_like(xp), dyp, s8(5, 3))),
         ("fc_input", fully_connected_f32_backward_input, (np.empty((2, 3), np.float32), r(2, 5), wp)),
-        ("fc_weight", fully_connected_f32_backward_weight, (np.empty((5, 3), np.float32), r(2, 3), r(2, 5), k5)),
+        ("fc_weight", fully_connected_f32_backward_weight, (np.empty((5, 3), np.float32), r(2, 3), F0, r(2, 5), k5)),
+        ("fc_weight_s8x", fully_connected_f32_backward_weight,
+         (np.empty((5, 3), np.float32), s8(2, 3), np.float32(-7), r(2, 5), k5)),
+        ("fc_input_s8w", fully_connected_f32_backward_input, (np.empty((2, 3), np.float32), r(2, 5), s8(5, 3))),
         ("bias", bias_f32_backward, (np.empty(2, np.float32), dy, k4)),
         ("bias_2d", bias_f32_backward_2d, (np.empty(3, np.float32), r(2, 3), k3)),
         ("global_mean", global_mean_f32_backward, (np.empty_like(xd), r(2, 4))),
@@ -742,7 +922,9 @@ def kernel_calls():
         ("accumulate", accumulate_f32, (r(2, 4, 4, 4), dyd)),
         ("scale", scale_f32, (np.empty_like(dyd), dyd, 0.5)),
         ("mask_pack_f32", mask_pack_f32, (mask, dyd, 0.0, 6.0)),
-        ("mask_pack_s8", mask_pack_s8, (mask, np.zeros((2, 4, 4, 4), np.int8), -128, 127)),
+        ("scale_channels", scale_channels_f32, (r(2, 4, 4, 4), r(4))),
+        ("gather_channels_f32", gather_channels, (np.empty((2, 7, 7, 2), np.float32), xd, k4)),
+        ("gather_channels_s8", gather_channels, (np.empty((2, 7, 7, 2), np.int8), s8(2, 7, 7, 4), k4)),
         ("mask_unpack", mask_unpack_backward_f32, (np.empty_like(dyd), dyd, mask)),
         ("softmax_ce", softmax_cross_entropy_f32, (np.empty_like(logits), logits, labels)),
     ]
@@ -793,7 +975,8 @@ def _noop(*args):
 
 
 @pytest.mark.parametrize("name", ["conv2d_input", "conv2d_weight", "depthwise_input", "depthwise_weight",
-                                  "pointwise_input", "pointwise_weight", "avgpool"])
+                                  "pointwise_input", "pointwise_weight", "avgpool", "conv2d_weight_s8x",
+                                  "conv2d_input_s8w", "depthwise_weight_s8x", "pointwise_weight_s8x"])
 def test_parallel_kernels_are_deterministic(name):
     kernel, args = next((k, a) for n, k, a in KERNEL_CALLS if n == name)
     threads = numba.get_num_threads()

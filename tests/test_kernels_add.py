@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from microtrain.config import F32_ATOL, F32_RTOL
 from microtrain.kernels.add import add_f32, add_s8
+from microtrain.kernels.mask import NO_MASK, mask_shape
 from microtrain.kernels.requant import add_multipliers
 import naive
 from settings import kernel_settings
@@ -27,18 +28,23 @@ def make_add(rng, shape, saturate=False, y_zp=None, act=None, scales=None):
                 y_zp=y_zp, y_mult=ym, y_shift=ysh, act_min=int(act_min), act_max=int(act_max))
 
 
+def add_args(p):
+    """add_s8's arguments after (y, mask)."""
+    return (p["a"], p["b"], p["a_zp"], p["a_mult"], p["a_shift"], p["b_zp"], p["b_mult"], p["b_shift"],
+            p["y_zp"], p["y_mult"], p["y_shift"], p["act_min"], p["act_max"])
+
+
 def call_add_s8(y, p):
-    add_s8(y, p["a"], p["b"], p["a_zp"], p["a_mult"], p["a_shift"], p["b_zp"], p["b_mult"], p["b_shift"],
+    add_s8(y, NO_MASK, p["a"], p["b"], p["a_zp"], p["a_mult"], p["a_shift"], p["b_zp"], p["b_mult"], p["b_shift"],
            p["y_zp"], p["y_mult"], p["y_shift"], p["act_min"], p["act_max"])
 
 
 def run_s8(seed, shape, **opts):
     p = make_add(np.random.default_rng(seed), shape, **opts)
-    expected = naive.add_s8(**p)
-    y = np.full(shape, 99, np.int8)  # the kernel must overwrite every element
-    call_add_s8(y, p)
-    np.testing.assert_array_equal(y, expected)
-    return y, p
+    expected, in_range = naive.add_s8(**p, with_mask=True)
+    # y bit-exact with and without the training mask; the mask equal to the naive pre-clamp in-range bits
+    y = naive.check_s8_kernel(add_s8, expected, in_range, *add_args(p))
+    return y, p, in_range
 
 
 CASES = {
@@ -59,9 +65,10 @@ CASES = {
 
 @pytest.mark.parametrize("name", CASES)
 def test_add_s8_cases(name):
-    y, p = run_s8(7, **CASES[name])
+    y, p, in_range = run_s8(7, **CASES[name])
     if CASES[name].get("saturate"):
         assert np.mean((y == p["act_min"]) | (y == p["act_max"])) > 0.3
+        assert np.mean(~in_range) > 0.3  # the mask blocks the clamped values
 
 
 def test_add_s8_in_place_over_a():
@@ -70,6 +77,15 @@ def test_add_s8_in_place_over_a():
     y = p["a"]  # y aliases a: the residual add written over its input
     call_add_s8(y, p)
     np.testing.assert_array_equal(y, expected)
+
+
+def test_add_s8_in_place_with_mask():
+    p = make_add(np.random.default_rng(4), (2, 3, 5, 7), act="relu6")
+    expected, in_range = naive.add_s8(**p, with_mask=True)
+    mask = np.full(mask_shape(2, 3, 5, 7), 0xA5, np.uint8)
+    add_s8(p["b"], mask, *add_args(p))  # y aliases b
+    np.testing.assert_array_equal(p["b"], expected)
+    np.testing.assert_array_equal(mask, naive.pack_mask(in_range))
 
 
 def test_add_s8_rejects_positive_shift():

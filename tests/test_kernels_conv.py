@@ -1,6 +1,7 @@
 """conv2d_s8 / conv2d_f32 against tests/naive.py: int8 bit-exact (assert_array_equal), fp32 within
 config.F32_RTOL / F32_ATOL (1e-5 / 1e-5) of a float64 reference."""
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given
@@ -8,6 +9,7 @@ from hypothesis import strategies as st
 
 from microtrain.config import F32_ATOL, F32_RTOL
 from microtrain.kernels.conv2d import conv2d_f32, conv2d_s8
+from microtrain.kernels.mask import NO_MASK, mask_shape
 import naive
 from settings import kernel_settings
 
@@ -54,12 +56,11 @@ def run_s8(seed, n, h, w, ci, co, kh, kw, stride, pad, **opts):
         return naive.conv2d_f32(xr, wr, br, -np.inf, np.inf, stride, pad)
 
     p = naive.make_s8_layer(rng, (n, h, w, ci), (co, kh, kw, ci), 0, real_fn, **opts)
-    expected = naive.conv2d_s8(**p, stride=stride, pad=pad)
-    y = np.full(expected.shape, 99, np.int8)  # the kernel must overwrite every element
-    conv2d_s8(y, p["x"], p["w"], p["bias"], p["mult"], p["shift"], p["x_zp"], p["y_zp"],
-              p["act_min"], p["act_max"], stride, pad)
-    np.testing.assert_array_equal(y, expected)
-    return y, p
+    expected, in_range = naive.conv2d_s8(**p, stride=stride, pad=pad, with_mask=True)
+    # y bit-exact with and without the training mask; the mask equal to the naive pre-clamp in-range bits
+    y = naive.check_s8_kernel(conv2d_s8, expected, in_range, p["x"], p["w"], p["bias"], p["mult"], p["shift"],
+                              p["x_zp"], p["y_zp"], p["act_min"], p["act_max"], stride, pad)
+    return y, p, in_range
 
 
 def run_f32(seed, n, h, w, ci, co, kh, kw, stride, pad, act=(-np.inf, np.inf)):
@@ -76,9 +77,10 @@ def run_f32(seed, n, h, w, ci, co, kh, kw, stride, pad, act=(-np.inf, np.inf)):
 @pytest.mark.parametrize("name", CASES)
 def test_conv2d_s8_cases(name):
     geom, kh, kw, opts = split(CASES[name])
-    y, p = run_s8(1234, kh=kh, kw=kw, **geom, **opts)
+    y, p, in_range = run_s8(1234, kh=kh, kw=kw, **geom, **opts)
     if opts.get("saturate") or "eff_scale" in opts:
         assert np.mean((y == p["act_min"]) | (y == p["act_max"])) > 0.3  # the case does what its name says
+        assert np.mean(~in_range) > 0.3  # the mask blocks the clamped values (zero gradient there)
     if name == "positive_shift_effective_scale_4":
         assert p["shift"].max() > 0
     if name == "k3_s1_p1_basic":
@@ -122,4 +124,43 @@ def test_conv2d_s8_rejects_wrong_output_shape():
     c = np.zeros(3, np.int32)
     y = np.zeros((1, 4, 5, 3), np.int8)  # OH should be 5 with pad 1
     with pytest.raises(ValueError):
-        conv2d_s8(y, x, w, c, c, c, 0, 0, -128, 127, 1, 1)
+        conv2d_s8(y, NO_MASK, x, w, c, c, c, 0, 0, -128, 127, 1, 1)
+
+
+def test_conv2d_s8_rejects_wrong_mask_shape():
+    x = np.zeros((2, 5, 5, 2), np.int8)
+    w = np.zeros((3, 3, 3, 2), np.int8)
+    c = np.zeros(3, np.int32)
+    y = np.zeros((2, 5, 5, 3), np.int8)
+    conv2d_s8(y, np.zeros(mask_shape(2, 5, 5, 3), np.uint8), x, w, c, c, c, 0, 0, -128, 127, 1, 1)
+    with pytest.raises(ValueError):  # one flat mask over the tensor instead of byte-aligned rows
+        conv2d_s8(y, np.zeros((1, (2 * 5 * 5 * 3 + 7) // 8), np.uint8), x, w, c, c, c, 0, 0, -128, 127, 1, 1)
+
+
+def test_s8_kernels_with_masks_are_deterministic_across_thread_counts():
+    # The parallel int8 kernels write y and the mask by image rows; mask rows are byte-aligned, so no two iterations
+    # share a byte and the result cannot depend on the thread count. W * C = 5 * 3 = 15 bits: rows end mid-byte.
+    from microtrain.kernels.depthwise import depthwise_conv_s8
+    from microtrain.kernels.pointwise import pointwise_conv_s8
+    rng = np.random.default_rng(21)
+    s8 = lambda *s: rng.integers(-128, 128, s).astype(np.int8)  # noqa: E731
+    c = 3
+    q = (np.zeros(c, np.int32), np.full(c, 1 << 30, np.int32), np.full(c, -6, np.int32), 3, -5, -20, 40)
+    calls = [(conv2d_s8, (s8(2, 9, 9, 2), s8(c, 3, 3, 2)) + q + (2, 1), (2, 5, 5, c)),
+             (depthwise_conv_s8, (s8(2, 9, 5, c), s8(3, 3, c)) + q + (1, 1), (2, 9, 5, c)),
+             (pointwise_conv_s8, (s8(2, 7, 5, 4), s8(c, 4)) + q, (2, 7, 5, c))]
+    threads = numba.get_num_threads()
+    for kernel, args, shape in calls:
+        outs = []
+        for t in sorted({1, threads}):
+            y, mask = np.zeros(shape, np.int8), np.zeros(mask_shape(*shape), np.uint8)
+            numba.set_num_threads(t)
+            try:
+                kernel(y, mask, *args)
+            finally:
+                numba.set_num_threads(threads)
+            outs.append((y, mask))
+        assert 0 < np.unpackbits(outs[0][1]).sum() < outs[0][0].size  # the mask is not trivial
+        for y, mask in outs[1:]:
+            np.testing.assert_array_equal(y, outs[0][0])
+            np.testing.assert_array_equal(mask, outs[0][1])

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from microtrain.config import F32_ATOL, F32_RTOL
 from microtrain.kernels.depthwise import depthwise_conv_f32, depthwise_conv_s8
+from microtrain.kernels.mask import NO_MASK
 import naive
 from settings import kernel_settings
 
@@ -51,12 +52,11 @@ def run_s8(seed, n, h, w, c, k, stride, pad, **opts):
         return naive.depthwise_conv_f32(xr, wr, br, -np.inf, np.inf, stride, pad)
 
     p = naive.make_s8_layer(rng, (n, h, w, c), (k, k, c), -1, real_fn, **opts)
-    expected = naive.depthwise_conv_s8(**p, stride=stride, pad=pad)
-    y = np.full(expected.shape, 99, np.int8)  # the kernel must overwrite every element
-    depthwise_conv_s8(y, p["x"], p["w"], p["bias"], p["mult"], p["shift"], p["x_zp"], p["y_zp"],
-                      p["act_min"], p["act_max"], stride, pad)
-    np.testing.assert_array_equal(y, expected)
-    return y, p
+    expected, in_range = naive.depthwise_conv_s8(**p, stride=stride, pad=pad, with_mask=True)
+    # y bit-exact with and without the training mask; the mask equal to the naive pre-clamp in-range bits
+    y = naive.check_s8_kernel(depthwise_conv_s8, expected, in_range, p["x"], p["w"], p["bias"], p["mult"],
+                              p["shift"], p["x_zp"], p["y_zp"], p["act_min"], p["act_max"], stride, pad)
+    return y, p, in_range
 
 
 def run_f32(seed, n, h, w, c, k, stride, pad, act=(-np.inf, np.inf)):
@@ -73,9 +73,10 @@ def run_f32(seed, n, h, w, c, k, stride, pad, act=(-np.inf, np.inf)):
 @pytest.mark.parametrize("name", CASES)
 def test_depthwise_conv_s8_cases(name):
     geom, opts = split(CASES[name])
-    y, p = run_s8(4321, **geom, **opts)
+    y, p, in_range = run_s8(4321, **geom, **opts)
     if opts.get("saturate") or "eff_scale" in opts:
         assert np.mean((y == p["act_min"]) | (y == p["act_max"])) > 0.3
+        assert np.mean(~in_range) > 0.3  # the mask blocks the clamped values (zero gradient there)
     if "eff_scale" in opts:
         assert p["shift"].max() > 0
 
@@ -115,4 +116,4 @@ def test_depthwise_conv_s8_rejects_wrong_channels():
     c = np.zeros(4, np.int32)
     y = np.zeros((1, 5, 5, 4), np.int8)
     with pytest.raises(ValueError):
-        depthwise_conv_s8(y, x, w, c, c, c, 0, 0, -128, 127, 1, 1)
+        depthwise_conv_s8(y, NO_MASK, x, w, c, c, c, 0, 0, -128, 127, 1, 1)

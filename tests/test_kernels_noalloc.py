@@ -21,6 +21,7 @@ from microtrain.kernels.add import add_f32, add_s8
 from microtrain.kernels.conv2d import conv2d_f32, conv2d_s8
 from microtrain.kernels.depthwise import depthwise_conv_f32, depthwise_conv_s8
 from microtrain.kernels.fully_connected import fully_connected_f32, fully_connected_s8
+from microtrain.kernels.mask import NO_MASK, mask_shape
 from microtrain.kernels.pointwise import pointwise_conv_f32, pointwise_conv_s8
 from microtrain.kernels.pool import avgpool_f32, avgpool_s8, global_mean_f32, global_mean_s8
 from microtrain.kernels.quantize import dequantize_s8, quantize_s8
@@ -40,21 +41,32 @@ def kernel_calls():
     shift = np.full(c, -8, np.int32)
     q = (3, -5, -128, 127)  # x_zp, y_zp, act_min, act_max
     m = 1 << 30
+    mask44 = np.zeros(mask_shape(1, 4, 4, c), np.uint8)  # training mode: the 1-bit STE mask is written too
+    mask55 = np.zeros(mask_shape(1, 5, 5, c), np.uint8)
+    mask33 = np.zeros(mask_shape(1, 3, 3, c), np.uint8)
     return {
-        "conv2d_s8": (conv2d_s8, (np.zeros((1, 4, 4, c), np.int8), s8(1, 7, 7, 3), s8(c, 3, 3, 3), bias, mult, shift,
-                                  *q, 2, 1)),
+        "conv2d_s8": (conv2d_s8, (np.zeros((1, 4, 4, c), np.int8), NO_MASK, s8(1, 7, 7, 3), s8(c, 3, 3, 3), bias,
+                                  mult, shift, *q, 2, 1)),
+        "conv2d_s8_mask": (conv2d_s8, (np.zeros((1, 4, 4, c), np.int8), mask44, s8(1, 7, 7, 3), s8(c, 3, 3, 3),
+                                       bias, mult, shift, *q, 2, 1)),
         "conv2d_f32": (conv2d_f32, (np.zeros((1, 4, 4, c), np.float32), f32(1, 7, 7, 3), f32(c, 3, 3, 3), f32(c),
                                     0.0, 6.0, 2, 1)),
-        "depthwise_conv_s8": (depthwise_conv_s8, (np.zeros((1, 4, 4, c), np.int8), s8(1, 7, 7, c), s8(5, 5, c), bias,
-                                                  mult, shift, *q, 2, 2)),
+        "depthwise_conv_s8": (depthwise_conv_s8, (np.zeros((1, 4, 4, c), np.int8), NO_MASK, s8(1, 7, 7, c),
+                                                  s8(5, 5, c), bias, mult, shift, *q, 2, 2)),
+        "depthwise_conv_s8_mask": (depthwise_conv_s8, (np.zeros((1, 4, 4, c), np.int8), mask44, s8(1, 7, 7, c),
+                                                       s8(5, 5, c), bias, mult, shift, *q, 2, 2)),
         "depthwise_conv_f32": (depthwise_conv_f32, (np.zeros((1, 4, 4, c), np.float32), f32(1, 7, 7, c),
                                                     f32(5, 5, c), f32(c), -np.inf, np.inf, 2, 2)),
-        "pointwise_conv_s8": (pointwise_conv_s8, (np.zeros((1, 5, 5, c), np.int8), s8(1, 5, 5, 6), s8(c, 6), bias,
-                                                  mult, shift, *q)),
+        "pointwise_conv_s8": (pointwise_conv_s8, (np.zeros((1, 5, 5, c), np.int8), NO_MASK, s8(1, 5, 5, 6), s8(c, 6),
+                                                  bias, mult, shift, *q)),
+        "pointwise_conv_s8_mask": (pointwise_conv_s8, (np.zeros((1, 5, 5, c), np.int8), mask55, s8(1, 5, 5, 6),
+                                                       s8(c, 6), bias, mult, shift, *q)),
         "pointwise_conv_f32": (pointwise_conv_f32, (np.zeros((1, 5, 5, c), np.float32), f32(1, 5, 5, 6), f32(c, 6),
                                                     f32(c), 0.0, 6.0)),
-        "add_s8": (add_s8, (np.zeros((1, 3, 3, c), np.int8), s8(1, 3, 3, c), s8(1, 3, 3, c), 1, m, -1, 2, m, 0, 3, m,
-                            -2, -128, 127)),
+        "add_s8": (add_s8, (np.zeros((1, 3, 3, c), np.int8), NO_MASK, s8(1, 3, 3, c), s8(1, 3, 3, c), 1, m, -1, 2, m,
+                            0, 3, m, -2, -128, 127)),
+        "add_s8_mask": (add_s8, (np.zeros((1, 3, 3, c), np.int8), mask33, s8(1, 3, 3, c), s8(1, 3, 3, c), 1, m, -1,
+                                 2, m, 0, 3, m, -2, -128, 127)),
         "add_f32": (add_f32, (np.zeros((1, 3, 3, c), np.float32), f32(1, 3, 3, c), f32(1, 3, 3, c))),
         "avgpool_s8": (avgpool_s8, (np.zeros((1, 4, 4, c), np.int8), s8(1, 7, 7, c), 3, 3, 2, 1, -128, 127)),
         "global_mean_s8": (global_mean_s8, (np.zeros((1, c), np.int8), s8(1, 5, 5, c), -128, 127)),

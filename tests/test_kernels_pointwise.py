@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from microtrain.config import F32_ATOL, F32_RTOL
+from microtrain.kernels.mask import NO_MASK, mask_shape
 from microtrain.kernels.pointwise import pointwise_conv_f32, pointwise_conv_s8
 import naive
 from settings import kernel_settings
@@ -42,12 +43,11 @@ def run_s8(seed, n, h, w, ci, co, **opts):
         return naive.pointwise_conv_f32(xr, wr, br, -np.inf, np.inf)
 
     p = naive.make_s8_layer(rng, (n, h, w, ci), (co, ci), 0, real_fn, **opts)
-    expected = naive.pointwise_conv_s8(**p)
-    y = np.full(expected.shape, 99, np.int8)  # the kernel must overwrite every element
-    pointwise_conv_s8(y, p["x"], p["w"], p["bias"], p["mult"], p["shift"], p["x_zp"], p["y_zp"],
-                      p["act_min"], p["act_max"])
-    np.testing.assert_array_equal(y, expected)
-    return y, p
+    expected, in_range = naive.pointwise_conv_s8(**p, with_mask=True)
+    # y bit-exact with and without the training mask; the mask equal to the naive pre-clamp in-range bits
+    y = naive.check_s8_kernel(pointwise_conv_s8, expected, in_range, p["x"], p["w"], p["bias"], p["mult"],
+                              p["shift"], p["x_zp"], p["y_zp"], p["act_min"], p["act_max"])
+    return y, p, in_range
 
 
 def run_f32(seed, n, h, w, ci, co, act=(-np.inf, np.inf)):
@@ -64,9 +64,10 @@ def run_f32(seed, n, h, w, ci, co, act=(-np.inf, np.inf)):
 @pytest.mark.parametrize("name", CASES)
 def test_pointwise_conv_s8_cases(name):
     geom, opts = split(CASES[name])
-    y, p = run_s8(2024, **geom, **opts)
+    y, p, in_range = run_s8(2024, **geom, **opts)
     if opts.get("saturate") or "eff_scale" in opts:
         assert np.mean((y == p["act_min"]) | (y == p["act_max"])) > 0.3
+        assert np.mean(~in_range) > 0.3  # the mask blocks the clamped values (zero gradient there)
     if "eff_scale" in opts:
         assert p["shift"].max() > 0
 
@@ -100,4 +101,24 @@ def test_pointwise_conv_s8_rejects_wrong_weight_shape():
     c = np.zeros(3, np.int32)
     y = np.zeros((1, 2, 2, 3), np.int8)
     with pytest.raises(ValueError):
-        pointwise_conv_s8(y, x, w, c, c, c, 0, 0, -128, 127)
+        pointwise_conv_s8(y, NO_MASK, x, w, c, c, c, 0, 0, -128, 127)
+
+
+@pytest.mark.parametrize("y_zp, act_min, act_max", [(0, 0, 6), (0, -128, 127), (100, -128, 127), (-3, -3, 3)],
+                         ids=["relu6_bounds_0_6", "full_range_identity", "y_zp_100_saturates_above_27",
+                              "narrow_range_at_zp"])
+def test_pointwise_conv_s8_mask_bounds_are_inclusive(y_zp, act_min, act_max):
+    # Identity weights and an effective scale of exactly 1 (M = 2^30, shift 1: mbqm(v) = v), so the pre-clamp value
+    # is x + y_zp for x = -128..127: it hits both bounds exactly and every value beyond them.
+    x = np.arange(-128, 128, dtype=np.int8).reshape(1, 4, 16, 4)
+    eye = np.eye(4, dtype=np.int8)
+    zeros = np.zeros(4, np.int32)
+    one = np.full(4, 1 << 30, np.int32)
+    y = np.zeros(x.shape, np.int8)
+    mask = np.full(mask_shape(1, 4, 16, 4), 0xFF, np.uint8)
+    pointwise_conv_s8(y, mask, x, eye, zeros, one, np.ones(4, np.int32), 0, y_zp, act_min, act_max)
+    pre = x.astype(np.int64) + y_zp
+    np.testing.assert_array_equal(y, np.clip(pre, act_min, act_max))
+    bits = np.unpackbits(mask, axis=1, bitorder="little").reshape(x.shape).astype(bool)
+    np.testing.assert_array_equal(bits, (pre >= act_min) & (pre <= act_max))
+    assert bits.any() and (act_min == -128 and act_max == 127 and y_zp == 0 or not bits.all())

@@ -25,6 +25,7 @@ from microtrain.kernels.add import add_s8  # noqa: E402
 from microtrain.kernels.conv2d import conv2d_s8  # noqa: E402
 from microtrain.kernels.depthwise import depthwise_conv_s8  # noqa: E402
 from microtrain.kernels.fully_connected import fully_connected_s8  # noqa: E402
+from microtrain.kernels.mask import NO_MASK  # noqa: E402
 from microtrain.kernels.pointwise import pointwise_conv_s8  # noqa: E402
 from microtrain.kernels.pool import avgpool_s8, global_mean_s8  # noqa: E402
 from microtrain.kernels.quantize import quantize_s8  # noqa: E402
@@ -160,17 +161,17 @@ def run_ours(op, params, quant, shapes, inputs):
         mult, shift = conv_multipliers(xq[0], params["w_scales"], yq[0])
         common = (params["weight"], params["bias"], mult, shift, xq[1], yq[1], lo, hi)
         if op.kind == "conv2d":
-            conv2d_s8(y, inputs[0], *common, op.stride, op.pad)
+            conv2d_s8(y, NO_MASK, inputs[0], *common, op.stride, op.pad)
         elif op.kind == "depthwise":
-            depthwise_conv_s8(y, inputs[0], *common, op.stride, op.pad)
+            depthwise_conv_s8(y, NO_MASK, inputs[0], *common, op.stride, op.pad)
         elif op.kind == "pointwise":
-            pointwise_conv_s8(y, inputs[0], *common)
+            pointwise_conv_s8(y, NO_MASK, inputs[0], *common)
         else:
             fully_connected_s8(y, inputs[0], *common)
     elif op.kind == "add":
         aq, bq = quant[op.inputs[0]], quant[op.inputs[1]]
         (am, ash), (bm, bsh), (ym, ysh) = add_multipliers(aq[0], bq[0], yq[0])
-        add_s8(y, inputs[0], inputs[1], aq[1], am, ash, bq[1], bm, bsh, yq[1], ym, ysh, lo, hi)
+        add_s8(y, NO_MASK, inputs[0], inputs[1], aq[1], am, ash, bq[1], bm, bsh, yq[1], ym, ysh, lo, hi)
     elif op.kind == "mean":
         global_mean_s8(y, inputs[0], lo, hi)
     elif op.kind == "avgpool":

@@ -1,0 +1,470 @@
+"""One sparse training step, run inside one arena of exactly the training plan's peak bytes.
+
+`TrainStep(model, cfg, n_classes, opts)` plans the step (microtrain.train_plan), binds every kernel's
+arguments to arena views and flash arrays once, and `run(x, labels)` executes forward -> loss -> partial
+backward (reverse order, stopping at the earliest updated layer) -> updates, allocating nothing.
+
+Frozen weights stay read-only ("flash"); trainable weight/bias copies, the fp32 head and optimizer state
+live in the arena's tail for the whole adaptation. Precomputed per-channel constants (requantization
+multipliers and shifts, QAS coefficients, kept-channel index lists) are flash too (firmware stores them
+as const arrays; TinyEngine does the same with its scales).
+"""
+
+import numpy as np
+
+from microtrain.arena import Arena
+from microtrain.errors import InputError, NumericError
+from microtrain.kernels import update as upd
+from microtrain.kernels.add import add_s8, add_f32
+from microtrain.kernels.clamp_backward import clamp_f32_backward
+from microtrain.kernels.bias_backward import bias_f32_backward, bias_f32_backward_2d
+from microtrain.kernels.conv2d import conv2d_f32, conv2d_s8
+from microtrain.kernels.conv2d_backward import conv2d_f32_backward_input, conv2d_f32_backward_weight
+from microtrain.kernels.depthwise import depthwise_conv_f32, depthwise_conv_s8
+from microtrain.kernels.depthwise_backward import (depthwise_conv_f32_backward_input,
+                                                   depthwise_conv_f32_backward_weight)
+from microtrain.kernels.elementwise_backward import (accumulate_f32, mask_pack_f32, mask_unpack_backward_f32,
+                                                     scale_channels_f32, scale_f32)
+from microtrain.kernels.fully_connected import fully_connected_f32
+from microtrain.kernels.fully_connected_backward import (fully_connected_f32_backward_input,
+                                                         fully_connected_f32_backward_weight)
+from microtrain.kernels.gather import gather_channels
+from microtrain.kernels.loss import softmax_cross_entropy_f32
+from microtrain.kernels.mask import NO_MASK
+from microtrain.kernels.pointwise import pointwise_conv_f32, pointwise_conv_s8
+from microtrain.kernels.pointwise_backward import pointwise_conv_f32_backward_input, pointwise_conv_f32_backward_weight
+from microtrain.kernels.pool import global_mean_f32, global_mean_s8
+from microtrain.kernels.pool_backward import global_mean_f32_backward
+from microtrain.kernels.quantize import dequantize_s8
+from microtrain.kernels.requant import activation_range_s8, add_multipliers, conv_multipliers
+from microtrain.model import Model
+from microtrain.train_plan import has_clamp, plan_training_step
+
+F32 = np.float32
+
+
+def dequantized_weights(model, op):
+    """fp32 (weight, bias) of a conv/fc op: w_real = w_int * s_w[c], b_real = b_int * s_x * s_w[c]."""
+    p = model.params[op.name]
+    s_w = p["w_scales"].astype(np.float64)
+    s_x = float(np.float32(model.quant[op.inputs[0]][0]))
+    if op.kind == "depthwise":
+        w = p["weight"].astype(np.float64) * s_w[None, None, :]
+    elif op.kind == "conv2d":
+        w = p["weight"].astype(np.float64) * s_w[:, None, None, None]
+    else:
+        w = p["weight"].astype(np.float64) * s_w[:, None]
+    b = p["bias"].astype(np.float64) * s_x * s_w
+    return w.astype(F32), b.astype(F32)
+
+
+class TrainStep:
+    """A planned, bound training step. See the module docstring.
+
+    model: the int8 Model (its classifier is replaced by an fp32 head of n_classes);
+    cfg: a SparseConfig for model.graph; opts: TrainOptions;
+    head: optional (W (K, C) float32, b (K,) float32) initial head (default zeros).
+    """
+
+    def __init__(self, model, cfg, n_classes, opts, head=None, arena_buffer=None):
+        from microtrain.graph import with_classes
+
+        opts.validate()
+        graph = with_classes(model.graph, n_classes)
+        cfg.validate(graph)
+        self.model, self.graph, self.cfg, self.opts = model, graph, cfg, opts
+        self.n_classes = n_classes
+        self.plan, self.analysis, self.specs = plan_training_step(graph, cfg, opts)
+        self.arena = Arena(self.plan, buffer=arena_buffer)
+        self.t = 0  # optimizer step count (Adam bias correction)
+        self.flash = {}  # name -> read-only array outside the arena
+        self._init_tail(head)
+        self._forward, self._backward, self._updates = [], [], []
+        self._bind()
+        # fp32 trainable parameters are checked for NaN/inf before every step (int8/int32 ones cannot be)
+        self._float_params = [self.v(n) for n in self.specs if n.startswith("train:") and self.specs[n][1] == F32]
+
+    # ---- arena and flash ----------------------------------------------------------------------
+    def v(self, name):
+        shape, dtype = self.specs[name]
+        return self.arena.view(name, shape, dtype)
+
+    def _flash(self, name, array):
+        a = np.ascontiguousarray(array)
+        a.setflags(write=False)
+        self.flash[name] = a
+        return a
+
+    def flash_bytes(self):
+        """Read-only bytes outside the arena ("flash"): every backbone conv's weights and biases as the mode
+        stores them (int8/int32, or fp32 dequantized once in fp32 mode; the trainable layers' initial
+        values included, firmware copies them into SRAM at start), plus every precomputed constant bound
+        into the step (requantization multipliers/shifts, QAS coefficients, kept-channel index lists)."""
+        item_w, item_b = (1, 4) if self.opts.mode == "int8" else (4, 4)
+        weights = sum(int(np.prod(op.weight_shape())) * item_w + op.cout * item_b for op in self.graph.convs)
+        consts = sum(a.nbytes for k, a in self.flash.items() if not k.startswith(("w:", "b:")))
+        return int(weights + consts)
+
+    def _init_tail(self, head):
+        m, a = self.model, self.analysis
+        for op in self.graph.convs:
+            if a.weight_update(op) is not None:
+                w = m.params[op.name]["weight"] if self.opts.mode == "int8" else dequantized_weights(m, op)[0]
+                self.v(f"train:w:{op.name}")[...] = w
+            if a.bias_update(op) is not None:
+                b = m.params[op.name]["bias"] if self.opts.mode == "int8" else dequantized_weights(m, op)[1]
+                self.v(f"train:b:{op.name}")[...] = b
+        W, b = head if head is not None else (np.zeros((self.n_classes, self.graph.classifier.cin), F32),
+                                             np.zeros(self.n_classes, F32))
+        W, b = np.asarray(W, F32), np.asarray(b, F32)
+        if W.shape != self.specs["train:w:head"][0] or b.shape != self.specs["train:b:head"][0]:
+            raise InputError(f"head must be W {self.specs['train:w:head'][0]} and b {self.specs['train:b:head'][0]}, "
+                             f"got {W.shape} and {b.shape}")
+        self.v("train:w:head")[...] = W
+        self.v("train:b:head")[...] = b
+        for name in self.specs:
+            if name.startswith("adam:"):
+                self.v(name)[...] = 0
+
+    # ---- weights as the forward sees them ------------------------------------------------------
+    def _weights(self, op):
+        a = self.analysis
+        if self.opts.mode == "int8":
+            p = self.model.params[op.name]
+            w, b = p["weight"], p["bias"]
+        else:
+            w, b = self.flash.get(f"w:{op.name}"), self.flash.get(f"b:{op.name}")
+            if w is None:
+                wf, bf = dequantized_weights(self.model, op)
+                w, b = self._flash(f"w:{op.name}", wf), self._flash(f"b:{op.name}", bf)
+        if a.weight_update(op) is not None:
+            w = self.v(f"train:w:{op.name}")
+        elif self.opts.mode == "int8":
+            self.flash.setdefault(f"w:{op.name}", w)
+        if a.bias_update(op) is not None:
+            b = self.v(f"train:b:{op.name}")
+        elif self.opts.mode == "int8":
+            self.flash.setdefault(f"b:{op.name}", b)
+        return w, b
+
+    # ---- binding --------------------------------------------------------------------------------
+    def _bind(self):
+        for op in self.graph.ops:
+            self._bind_forward(op)
+        self._bind_loss()
+        for op in self.analysis.backward_ops:
+            self._bind_backward(op)
+
+    def _act(self, t):
+        return self.v(f"act:{t}")
+
+    def _bind_forward(self, op):
+        a, m, opts, F = self.analysis, self.model, self.opts, self._forward
+        if op is a.head:
+            feat = op.inputs[0]
+            if opts.mode == "int8":
+                s, zp = m.quant[feat]
+                x4 = self.arena.view(f"act:{feat}", (opts.batch, 1, 1, op.cin), np.int8)
+                f4 = self.arena.view("head:feat", (opts.batch, 1, 1, op.cin), F32)
+                F.append((dequantize_s8, (f4, x4, float(np.float32(s)), int(zp))))
+                xin = self.v("head:feat")
+            else:
+                xin = self._act(feat)
+            F.append((fully_connected_f32, (self.v("head:logits"), xin, self.v("train:w:head"),
+                                            self.v("train:b:head"))))
+            return
+        y = self._act(op.output)
+        keep = a.compact_input(op)
+        if keep is not None and opts.save_kept_channels:  # save only the kept input channels (MIT)
+            F.append((gather_channels, (self.v(f"saved:{op.name}"), self._act(op.inputs[0]),
+                                        self._flash(f"keepw:{op.name}", np.asarray(keep, np.int32)))))
+        want_mask = has_clamp(op, opts.mode) and opts.bit_masks and op in a.backward_ops
+        mask = self.v(f"mask:{op.name}") if (want_mask and opts.mode == "int8") else NO_MASK
+        if op.kind == "mean":
+            fn = global_mean_s8 if opts.mode == "int8" else global_mean_f32
+            args = (y, self._act(op.inputs[0]), -128, 127) if opts.mode == "int8" else (y, self._act(op.inputs[0]))
+            F.append((fn, args))
+            return
+        if op.kind == "add":
+            if opts.mode == "int8":
+                (am, ash), (bm, bsh), (ym, ysh) = add_multipliers(m.quant[op.inputs[0]][0], m.quant[op.inputs[1]][0],
+                                                                  m.quant[op.output][0])
+                F.append((add_s8, (y, mask, self._act(op.inputs[0]), self._act(op.inputs[1]),
+                                   m.quant[op.inputs[0]][1], am, ash, m.quant[op.inputs[1]][1], bm, bsh,
+                                   m.quant[op.output][1], ym, ysh, -128, 127)))
+            else:
+                F.append((add_f32, (y, self._act(op.inputs[0]), self._act(op.inputs[1]))))
+            return
+        w, b = self._weights(op)
+        x = self._act(op.inputs[0])
+        geo = (op.stride, op.pad) if op.kind in ("conv2d", "depthwise") else ()
+        if opts.mode == "int8":
+            xq, yq = m.quant[op.inputs[0]], m.quant[op.output]
+            mult, shift = conv_multipliers(xq[0], m.params[op.name]["w_scales"], yq[0])
+            mult, shift = self._flash(f"mult:{op.name}", mult), self._flash(f"shift:{op.name}", shift)
+            lo, hi = activation_range_s8(op.act, *yq)
+            fn = {"conv2d": conv2d_s8, "depthwise": depthwise_conv_s8, "pointwise": pointwise_conv_s8}[op.kind]
+            F.append((fn, (y, mask, x, w, b, mult, shift, xq[1], yq[1], lo, hi) + geo))
+        else:
+            lo, hi = (0.0, 6.0) if op.act == "relu6" else ((0.0, np.inf) if op.act == "relu" else (-np.inf, np.inf))
+            fn = {"conv2d": conv2d_f32, "depthwise": depthwise_conv_f32, "pointwise": pointwise_conv_f32}[op.kind]
+            F.append((fn, (y, x, w, b, lo, hi) + geo))
+            if want_mask:
+                F.append((mask_pack_f32, (self.v(f"mask:{op.name}"), y, lo, hi)))
+
+    def _bind_loss(self):
+        self._loss_args = (self.v("grad:logits"), self.v("head:logits"), self.v("labels"))
+
+    def _grad(self, t):
+        return self.v(f"grad:{t}")
+
+    def _bind_backward(self, op):
+        a, opts, B, U = self.analysis, self.opts, self._backward, self._updates
+        later = U if not opts.reorder else B  # with reordering, each update runs right after its gradients
+        if op is a.head:
+            feat = op.inputs[0]
+            xin = self.v("head:feat") if opts.mode == "int8" else self._act(feat)
+            dlog = self.v("grad:logits")
+            K, C = op.cout, op.cin
+            all_k = self._flash("range:head:out", np.arange(K, dtype=np.int32))
+            all_c = self._flash("range:head:in", np.arange(C, dtype=np.int32))
+            B.append((fully_connected_f32_backward_weight, (self.v("dw:head"), xin, F32(0.0), dlog, all_k)))
+            B.append((bias_f32_backward_2d, (self.v("db:head"), dlog, all_k)))
+            if a.requires_grad[feat]:
+                B.append((fully_connected_f32_backward_input, (self._grad(feat), dlog, self.v("train:w:head"))))
+            w4 = self.arena.view("train:w:head", (K, 1, 1, C), F32)
+            dw4 = self.arena.view("dw:head", (K, 1, 1, C), F32)
+            self._bind_update(later, "head", w4, dw4, all_k, all_c, self.v("train:b:head"), self.v("db:head"), all_k,
+                              None, None, kind="fc")
+            return
+        g = self._grad(op.output)
+        if has_clamp(op, opts.mode):
+            mask = self.v(f"mask:{op.name}") if opts.bit_masks else None
+            gm = g if opts.inplace else self.v(f"gradm:{op.name}")
+            if mask is not None:
+                B.append((mask_unpack_backward_f32, (gm, g, mask)))
+            else:  # fp32 without bit masks: the saved output itself decides (0 < y < 6 passes)
+                lo, hi = (0.0, 6.0) if op.act == "relu6" else (0.0, np.inf)
+                B.append((clamp_f32_backward, (gm, g, self._act(op.output), lo, hi)))
+            g = gm
+        if op.kind == "add":
+            sc, br = op.inputs
+            if a.requires_grad[sc]:
+                B.append((scale_f32, (self._grad(sc), g, 1.0)))  # the shortcut starts with a copy of dy
+            if a.requires_grad[br] and not opts.inplace:
+                B.append((scale_f32, (self._grad(br), g, 1.0)))
+            return
+        if op.kind == "mean":
+            B.append((global_mean_f32_backward, (self._grad(op.inputs[0]), g)))
+            return
+        self._bind_conv_backward(op, g, later)
+
+    def _bind_conv_backward(self, op, g, later):
+        a, m, opts, B = self.analysis, self.model, self.opts, self._backward
+        x_name = op.inputs[0]
+        lu_w, lu_b = a.weight_update(op), a.bias_update(op)
+        s_w = m.params[op.name]["w_scales"].astype(np.float64)
+        s_x = float(np.float32(m.quant[x_name][0]))
+        x_zp = F32(m.quant[x_name][1]) if opts.mode == "int8" else F32(0.0)
+        geo = (op.stride, op.pad) if op.kind in ("conv2d", "depthwise") else ()
+        all_out = self._flash(f"range:{op.name}:out", np.arange(op.cout, dtype=np.int32))
+        all_in = self._flash(f"range:{op.name}:in", np.arange(op.cin, dtype=np.int32))
+        wb = db = keep_out = keep_in = None
+        if lu_b is not None:
+            db = self.v(f"db:{op.name}")
+            B.append((bias_f32_backward, (db, g, all_out)))
+        if lu_w is not None:
+            dw = self.v(f"dw:{op.name}")
+            keep = self._flash(f"keepw:{op.name}", np.asarray(lu_w.keep if lu_w.keep is not None else
+                                                              range(op.cin), np.int32))
+            compact = a.compact_input(op) is not None
+            if compact and not opts.save_kept_channels:  # the full input was saved: gather the kept channels now
+                B.append((gather_channels, (self.v(f"saved:{op.name}"), self._act(x_name), keep)))
+            xs = self.v(f"saved:{op.name}") if compact else self._act(x_name)
+            if op.kind == "depthwise":
+                kk = keep if compact else all_in
+                B.append((depthwise_conv_f32_backward_weight, (dw, xs, x_zp, g, kk) + geo))
+                keep_out, keep_in = None, kk
+            else:
+                if lu_w.axis == "output" and lu_w.keep is not None:
+                    keep_out, keep_in = keep, all_in
+                else:
+                    keep_out, keep_in = all_out, (keep if lu_w.keep is not None else all_in)
+                fn = conv2d_f32_backward_weight if op.kind == "conv2d" else pointwise_conv_f32_backward_weight
+                B.append((fn, (dw, xs, x_zp, g, keep_out) + geo))
+            wb = dw
+        if a.input_needs_grad(op):
+            w, _ = self._weights(op)
+            if opts.mode == "int8":  # dx_real = sum dy_real * s_w[c] * w_int: fold s_w into dy (dy is done)
+                B.append((scale_channels_f32, (g, self._flash(f"sw:{op.name}", s_w.astype(F32)))))
+            dx_target = self.v(f"tmp:{op.name}") if f"tmp:{op.name}" in self.specs else self._grad(x_name)
+            fn = {"conv2d": conv2d_f32_backward_input, "depthwise": depthwise_conv_f32_backward_input,
+                  "pointwise": pointwise_conv_f32_backward_input}[op.kind]
+            B.append((fn, (dx_target, g, w) + geo))
+            if f"tmp:{op.name}" in self.specs:
+                B.append((accumulate_f32, (self._grad(x_name), dx_target)))
+        # updates (after dx: the input gradient uses the weights of the forward pass)
+        if opts.mode == "int8" and opts.optimizer == "sgd":
+            # QAS (Lin et al. 2022): G~ = dL/dw_int / s_w^2 = dL/dw_real / s_w with dL/dw_real = s_x * dw,
+            # and for the int32 bias (scale s_x s_w) G~ = dL/db_real / (s_x s_w)
+            coef_w = self._flash(f"qas:w:{op.name}", (s_x / s_w).astype(F32))
+            coef_b = self._flash(f"qas:b:{op.name}", (1.0 / (s_x * s_w)).astype(F32))
+        elif opts.mode == "int8":
+            # Adam sees the gradient w.r.t. the integer parameters: dL/dw_int = s_w * s_x * dw and
+            # dL/db_int = s_x s_w * db (Adam is invariant to that per-channel scale up to epsilon)
+            coef_w = coef_b = self._flash(f"gscale:{op.name}", (s_x * s_w).astype(F32))
+        else:
+            coef_w = coef_b = None
+        wv = self.v(f"train:w:{op.name}") if lu_w is not None else None
+        bv = self.v(f"train:b:{op.name}") if lu_b is not None else None
+        if op.kind == "pointwise" and wv is not None:
+            wv = self.arena.view(f"train:w:{op.name}", (op.cout, 1, 1, op.cin), wv.dtype)
+            wb = self.arena.view(f"dw:{op.name}", (wb.shape[0], 1, 1, wb.shape[1]), F32)
+        self._bind_update(later, op.name, wv, wb, keep_out, keep_in, bv, db, all_out,
+                          coef_w, coef_b, kind=op.kind)
+
+    def _bind_update(self, L, name, w, dw, keep_out, keep_in, b, db, keep_b, coef_w, coef_b, kind):
+        """Append the update of one layer's weight and bias to the step list L."""
+        opts = self.opts
+        int8 = opts.mode == "int8" and kind != "fc"
+        adam = opts.optimizer == "adam"
+        if w is not None:
+            if kind == "depthwise":
+                # dw (KH, KW, K) holds the channels keep_in (slot k <-> channel keep_in[k])
+                if int8:
+                    L.append(("dw_s8", upd.adam_update_hwc_s8 if adam else upd.sgd_update_hwc_s8, w, dw, None,
+                              keep_in, coef_w, name))
+                else:
+                    L.append(("dw_f32", upd.adam_update_hwc_f32 if adam else upd.sgd_update_hwc_f32, w, dw, None,
+                              keep_in, None, name))
+            else:
+                if int8:
+                    L.append(("ohwi_s8", upd.adam_update_ohwi_s8 if adam else upd.sgd_update_ohwi_s8, w, dw, keep_out,
+                              keep_in, coef_w, name))
+                else:
+                    L.append(("ohwi_f32", upd.adam_update_ohwi_f32 if adam else upd.sgd_update_ohwi_f32, w, dw,
+                              keep_out, keep_in, None, name))
+        if b is not None:
+            if int8:
+                L.append(("b_s32", upd.adam_update_bias_s32 if adam else upd.sgd_update_bias_s32, b, db, keep_b, None,
+                          coef_b, name))
+            else:
+                L.append(("b_f32", upd.adam_update_bias_f32 if adam else upd.sgd_update_bias_f32, b, db, keep_b, None,
+                          None, name))
+
+    # ---- running ----------------------------------------------------------------------------------
+    def _check_inputs(self, x, labels):
+        N = self.opts.batch
+        want = (N,) + tuple(self.graph.input_shape)
+        dt = np.int8 if self.opts.mode == "int8" else np.float32
+        if not isinstance(x, np.ndarray) or x.dtype != dt or x.shape != want:
+            raise InputError(f"training input must be {np.dtype(dt)} {want} (N, H, W, C) in {self.opts.mode} mode, got "
+                             f"{getattr(x, 'dtype', type(x))} {getattr(x, 'shape', '')}")
+        if dt == np.float32 and not np.all(np.isfinite(x)):
+            raise NumericError("training input holds NaN or inf; the weights were not changed")
+        labels = np.asarray(labels)
+        if labels.shape != (N,) or not np.issubdtype(labels.dtype, np.integer):
+            raise InputError(f"labels must be {N} integers, got {labels.dtype} {labels.shape}")
+        if labels.min() < 0 or labels.max() >= self.n_classes:
+            raise InputError(f"labels must lie in [0, {self.n_classes - 1}]")
+        return labels
+
+    def run(self, x, labels):
+        """One training step on x (N, H, W, C) and labels (N,). Returns the mean loss before the update.
+
+        Non-finite values are refused before any weight changes: the input (fp32 mode), every fp32
+        trainable parameter, the loss and its gradient are checked first. Every backward quantity is then a
+        linear function of the finite loss gradient through finite weights and bounded activations, so a
+        non-finite gradient can only come from float32 overflow. Without reordering all gradients are
+        checked before the first update; with reordering each is checked before its own update, and the
+        error names the layers already updated in that (only) case.
+        """
+        labels = self._check_inputs(x, labels)
+        for w in self._float_params:
+            if not upd.all_finite(w):
+                raise NumericError("a trainable fp32 parameter holds NaN or inf (diverged training, or a bad head "
+                                   "given); the weights were not changed: lower the learning rate or re-initialise")
+        self.v(f"act:{self.graph.input_name}")[...] = x
+        self.v("labels")[...] = labels
+        for fn, args in self._forward:
+            fn(*args)
+        loss = softmax_cross_entropy_f32(*self._loss_args)
+        if not np.isfinite(loss) or not upd.all_finite(self._loss_args[0]):
+            raise NumericError("the loss or its gradient is not finite (NaN/inf in the head or inputs); "
+                               "the weights were not changed")
+        self.t += 1
+        applied = []
+        for item in self._backward:
+            if isinstance(item[0], str):
+                if not upd.all_finite(item[3]):
+                    self.t -= 1
+                    raise NumericError(
+                        f"gradient of {item[7]} is not finite (float32 overflow in the backward pass); "
+                        + ("no weight was changed" if not applied else
+                           f"already updated with operator reordering: {', '.join(dict.fromkeys(applied))}"))
+                self._apply(item)
+                applied.append(item[7])
+            else:
+                item[0](*item[1])
+        if self._updates:
+            for item in self._updates:
+                if not upd.all_finite(item[3]):
+                    self.t -= 1
+                    raise NumericError(f"gradient of {item[7]} is not finite; no weight was changed")
+            for item in self._updates:
+                self._apply(item)
+        return float(loss)
+
+    def _apply(self, item):
+        tag, fn, w, dw, k1, k2, coef, name = item
+        lr = float(self.opts.lr)
+        adam = self.opts.optimizer == "adam"
+        if adam:
+            m = self.v(f"adam:m:{_pname(tag, name)}")
+            v = self.v(f"adam:v:{_pname(tag, name)}")
+            if tag in ("ohwi_s8", "ohwi_f32"):
+                m = m.reshape(dw.shape)
+                v = v.reshape(dw.shape)
+        if tag in ("ohwi_s8",):
+            fn(w, dw, k1, k2, coef, lr) if not adam else fn(w, dw, m, v, k1, k2, coef, lr, self.t)
+        elif tag == "ohwi_f32":
+            fn(w, dw, k1, k2, lr) if not adam else fn(w, dw, m, v, k1, k2, lr, self.t)
+        elif tag == "dw_s8":
+            fn(w, dw, k2, coef, lr) if not adam else fn(w, dw, m, v, k2, coef, lr, self.t)
+        elif tag == "dw_f32":
+            fn(w, dw, k2, lr) if not adam else fn(w, dw, m, v, k2, lr, self.t)
+        elif tag == "b_s32":
+            fn(w, dw, k1, coef, lr) if not adam else fn(w, dw, m, v, k1, coef, lr, self.t)
+        else:
+            fn(w, dw, k1, lr) if not adam else fn(w, dw, m, v, k1, lr, self.t)
+
+    def forward_logits(self, x):
+        """Forward pass only (same kernels and arena); returns a copy of the fp32 logits (N, K)."""
+        N = self.opts.batch
+        want = (N,) + tuple(self.graph.input_shape)
+        dt = np.int8 if self.opts.mode == "int8" else np.float32
+        if not isinstance(x, np.ndarray) or x.dtype != dt or x.shape != want:
+            raise InputError(f"input must be {np.dtype(dt)} {want}")
+        self.v(f"act:{self.graph.input_name}")[...] = x
+        for fn, args in self._forward:
+            fn(*args)
+        return self.v("head:logits").copy()
+
+    def trained_model(self):
+        """The int8 Model with the trained weights and biases (int8 mode), plus the fp32 head (W, b)."""
+        if self.opts.mode != "int8":
+            raise InputError("trained_model() exports int8 weights; in fp32 mode read the train:* views")
+        params = {k: dict(v) for k, v in self.model.params.items()}
+        for op in self.graph.convs:
+            if f"train:w:{op.name}" in self.specs:
+                params[op.name]["weight"] = self.v(f"train:w:{op.name}").copy()
+            if f"train:b:{op.name}" in self.specs:
+                params[op.name]["bias"] = self.v(f"train:b:{op.name}").copy()
+        params.pop(self.graph.classifier.name, None)
+        head = (self.v("train:w:head").copy(), self.v("train:b:head").copy())
+        return Model(self.model.graph, params, dict(self.model.quant), dict(self.model.meta)), head
+
+
+def _pname(tag, name):
+    return ("b:" if tag.startswith("b_") else "w:") + name
+
