@@ -178,7 +178,7 @@ class TrainStep:
         if keep is not None and opts.save_kept_channels:  # save only the kept input channels (MIT)
             F.append((gather_channels, (self.v(f"saved:{op.name}"), self._act(op.inputs[0]),
                                         self._flash(f"keepw:{op.name}", np.asarray(keep, np.int32)))))
-        want_mask = has_clamp(op, opts.mode) and opts.bit_masks and op in a.backward_ops
+        want_mask = op.name in a.mask_ops
         mask = self.v(f"mask:{op.name}") if (want_mask and opts.mode == "int8") else NO_MASK
         if op.kind == "mean":
             fn = global_mean_s8 if opts.mode == "int8" else global_mean_f32
@@ -239,11 +239,11 @@ class TrainStep:
             return
         g = self._grad(op.output)
         if has_clamp(op, opts.mode):
-            mask = self.v(f"mask:{op.name}") if opts.bit_masks else None
+            mask = self.v(f"mask:{op.name}") if op.name in a.mask_ops else None
             gm = g if opts.inplace else self.v(f"gradm:{op.name}")
             if mask is not None:
                 B.append((mask_unpack_backward_f32, (gm, g, mask)))
-            else:  # fp32 without bit masks: the saved output itself decides (0 < y < 6 passes)
+            else:  # fp32: the saved output itself decides (lo < y < hi passes), no mask needed
                 lo, hi = (0.0, 6.0) if op.act == "relu6" else (0.0, np.inf)
                 B.append((clamp_f32_backward, (gm, g, self._act(op.output), lo, hi)))
             g = gm

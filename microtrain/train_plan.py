@@ -147,6 +147,15 @@ class StepAnalysis:
             return (op.kernel, op.kernel, k_in)
         return (k_out, k_in)
 
+    def clamp_from_output(self, op, saved_until):
+        """fp32 mode: does the backward through op's clamp read the saved fp32 output (0 < y < 6 decides)
+        instead of a 1-bit mask? Yes without bit masks, and also with them whenever the output is saved
+        anyway (the next layer's weight gradient reads it): a mask would then duplicate information.
+        int8 mode always needs the mask (requantization clamps are not visible in int8 outputs)."""
+        if self.opts.mode != "fp32" or not has_clamp(op, "fp32"):
+            return False
+        return (not self.opts.bit_masks) or (op.output in saved_until)
+
     def input_needs_grad(self, op):
         return any(self.requires_grad[t] for t in op.inputs)
 
@@ -189,8 +198,11 @@ def plan_training_step(graph, cfg, opts):
         if a.weight_update(op) is not None and (a.compact_input(op) is None or not opts.save_kept_channels):
             t = op.inputs[0]
             saved_until[t] = max(saved_until.get(t, 0), a.bwd_scope(op))
-        if has_clamp(op, opts.mode) and not opts.bit_masks:
+    for op in a.backward_ops:
+        if op is not a.head and a.clamp_from_output(op, saved_until):
             saved_until[op.output] = max(saved_until.get(op.output, 0), a.bwd_scope(op))
+    a.mask_ops = {op.name for op in a.backward_ops
+                  if op is not a.head and has_clamp(op, opts.mode) and not a.clamp_from_output(op, saved_until)}
     head = a.head
     feat = head.inputs[0]  # pooled features (N, C)
     if opts.mode == "fp32":  # the fp32 pool output is the head's weight-gradient input itself
@@ -214,7 +226,7 @@ def plan_training_step(graph, cfg, opts):
                 req(f"saved:{op.name}", (N, h, w, len(keep)), act_dtype, a.fwd_scope(op), a.bwd_scope(op), "saved")
             else:  # gathered from the saved full input at backward time
                 req(f"saved:{op.name}", (N, h, w, len(keep)), act_dtype, a.bwd_scope(op), a.bwd_scope(op), "scratch")
-        if has_clamp(op, opts.mode) and opts.bit_masks:
+        if op.name in a.mask_ops:
             h, w, c = graph.shapes[op.output]
             req(f"mask:{op.name}", mask_shape(N, h, w, c), np.uint8, a.fwd_scope(op), a.bwd_scope(op), "saved")
 

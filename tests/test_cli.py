@@ -87,3 +87,38 @@ def test_python_dash_m(tmp_path):
     r = subprocess.run([sys.executable, "-m", "microtrain", "info", "nosuch"], capture_output=True, text=True,
                        cwd=tmp_path)
     assert r.returncode == 2 and "unknown model" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_plan_json_and_header(tmp_path, capsys):
+    hdr = tmp_path / "plan.h"
+    rc, out, err = run(capsys, "plan", "mcunet-5fps", "--config", "49kb", "--json", "--header", str(hdr))
+    assert rc == 0, err
+    d = json.loads(out)
+    for key in ("peak_bytes", "flash_bytes", "backward_macs", "forward_macs", "by_category"):
+        assert key in d
+    assert d["peak_bytes"] <= 263_080  # TinyEngine's scheduler needs 263,080 B for the same scheme
+    assert d["forward_macs"] == 22_453_504 + 160 * 10  # backbone + 10-way head
+    text = hdr.read_text()
+    assert f"#define MT_TRAIN_ARENA_SIZE {d['peak_bytes']}u" in text
+    assert text.count("_OFFSET ") == d["buffers"]
+
+
+def test_plan_text_table_and_timeline(capsys):
+    rc, out, _ = run(capsys, "plan", "proxyless-w0.3", "--config", "bias", "--mode", "fp32", "--table", "--timeline")
+    assert rc == 0
+    assert "arena peak (SRAM)" in out and "MIT tiny-training count" in out and "TinyTL count" in out
+
+
+def test_plan_over_budget_says_by_how_much(capsys):
+    rc, _, err = run(capsys, "plan", "mcunet-5fps", "--config", "full", "--budget", "100000")
+    assert rc == 2 and "bytes over the budget of 100,000" in err
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["plan", "mcunet-5fps", "--config", "nosuch"], "nosuch"),
+    (["plan", "mcunet-5fps", "--config", "full", "--mode", "int8", "--no-bit-masks"], "bit_masks"),
+    (["plan", "mcunet-5fps", "--config", "full", "--batch", "0"], "batch"),
+])
+def test_plan_bad_input(capsys, argv, match):
+    rc, _, err = run(capsys, *argv)
+    assert rc == 2 and match in err and "Traceback" not in err
