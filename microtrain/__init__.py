@@ -7,6 +7,7 @@ and (as the project grows) the hand-written partial backward and TinyTrain's tas
 from microtrain.errors import (  # noqa: F401
     ArenaOverflowError,
     ConfigError,
+    DataError,
     InputError,
     MicrotrainError,
     NumericError,
@@ -22,6 +23,6 @@ from microtrain.model import Model, load_model, random_model  # noqa: F401
 __version__ = "0.1.0"
 
 __all__ = [
-    "ArenaOverflowError", "ConfigError", "InputError", "NumericError", "MicrotrainError", "PlanError", "SpecError", "UnknownModelError",
+    "ArenaOverflowError", "ConfigError", "DataError", "InputError", "NumericError", "MicrotrainError", "PlanError", "SpecError", "UnknownModelError",
     "UnsafePickleError", "WeightFileError", "load_graph", "Model", "load_model", "random_model",
 ]

@@ -42,3 +42,8 @@ class ConfigError(MicrotrainError):
 
 class NumericError(MicrotrainError):
     """NaN or inf in inputs, losses or gradients; raised before any weight is changed."""
+
+
+class DataError(MicrotrainError):
+    """A dataset or episode request that cannot be met: unreadable or missing data, unknown spec, too few
+    classes or images for the episode asked for, a missing optional package (Pillow, matplotlib, scikit-learn)."""
