@@ -31,6 +31,7 @@ from microtrain.kernels.fully_connected_backward import (fully_connected_f32_bac
 from microtrain.kernels.gather import gather_channels
 from microtrain.kernels.loss import softmax_cross_entropy_f32
 from microtrain.kernels.mask import NO_MASK
+from microtrain.kernels.normalize import l2_normalize_rows_f32, l2_normalize_rows_f32_backward
 from microtrain.kernels.pointwise import pointwise_conv_f32, pointwise_conv_s8
 from microtrain.kernels.pointwise_backward import pointwise_conv_f32_backward_input, pointwise_conv_f32_backward_weight
 from microtrain.kernels.pool import global_mean_f32, global_mean_s8
@@ -170,6 +171,9 @@ class TrainStep:
                 xin = self.v("head:feat")
             else:
                 xin = self._act(feat)
+            if opts.head == "cosine":
+                F.append((l2_normalize_rows_f32, (self.v("head:fn"), self.v("head:norm"), xin)))
+                xin = self.v("head:fn")
             F.append((fully_connected_f32, (self.v("head:logits"), xin, self.v("train:w:head"),
                                             self.v("train:b:head"))))
             return
@@ -224,13 +228,19 @@ class TrainStep:
         if op is a.head:
             feat = op.inputs[0]
             xin = self.v("head:feat") if opts.mode == "int8" else self._act(feat)
+            if opts.head == "cosine":
+                xin = self.v("head:fn")
             dlog = self.v("grad:logits")
             K, C = op.cout, op.cin
             all_k = self._flash("range:head:out", np.arange(K, dtype=np.int32))
             all_c = self._flash("range:head:in", np.arange(C, dtype=np.int32))
             B.append((fully_connected_f32_backward_weight, (self.v("dw:head"), xin, F32(0.0), dlog, all_k)))
             B.append((bias_f32_backward_2d, (self.v("db:head"), dlog, all_k)))
-            if a.requires_grad[feat]:
+            if a.requires_grad[feat] and opts.head == "cosine":
+                B.append((fully_connected_f32_backward_input, (self.v("grad:head:fn"), dlog, self.v("train:w:head"))))
+                B.append((l2_normalize_rows_f32_backward, (self._grad(feat), self.v("grad:head:fn"),
+                                                           self.v("head:fn"), self.v("head:norm"))))
+            elif a.requires_grad[feat]:
                 B.append((fully_connected_f32_backward_input, (self._grad(feat), dlog, self.v("train:w:head"))))
             w4 = self.arena.view("train:w:head", (K, 1, 1, C), F32)
             dw4 = self.arena.view("dw:head", (K, 1, 1, C), F32)
@@ -449,6 +459,25 @@ class TrainStep:
         for fn, args in self._forward:
             fn(*args)
         return self.v("head:logits").copy()
+
+    def features(self, x):
+        """Pooled backbone features (N, C) float32 of x (dequantized in int8 mode): a copy. Runs the forward."""
+        self.forward_logits(x)
+        feat = self.graph.classifier.inputs[0]
+        return (self.v("head:feat") if self.opts.mode == "int8" else self._act(feat)).copy()
+
+    def set_head(self, W, b):
+        """Replace the head's trainable weights (K, C) and bias (K,), e.g. with prototypes; resets Adam state."""
+        W, b = np.asarray(W, F32), np.asarray(b, F32)
+        if W.shape != self.specs["train:w:head"][0] or b.shape != self.specs["train:b:head"][0]:
+            raise InputError(f"head must be W {self.specs['train:w:head'][0]} and b {self.specs['train:b:head'][0]}")
+        if not (np.all(np.isfinite(W)) and np.all(np.isfinite(b))):
+            raise NumericError("head weights hold NaN or inf")
+        self.v("train:w:head")[...] = W
+        self.v("train:b:head")[...] = b
+        for name in self.specs:
+            if name.startswith("adam:") and name.endswith(":head"):
+                self.v(name)[...] = 0
 
     def trained_model(self):
         """The int8 Model with the trained weights and biases (int8 mode), plus the fp32 head (W, b)."""

@@ -37,6 +37,7 @@ class TrainOptions:
     bit_masks: bool = True  # 1-bit clamp masks instead of saved activations (fp32 mode; int8 always uses them)
     reorder: bool = True  # apply each layer's update right after its gradients, then free them (MIT)
     inplace: bool = True  # mask application and the residual branch's gradient in place (aliases)
+    head: str = "linear"  # "linear": W f + b; "cosine": W (f / |f|) + b (ProtoNet-style head, P>M>F)
 
     def validate(self):
         if self.mode not in MODES:
@@ -48,6 +49,8 @@ class TrainOptions:
             raise ConfigError(f"learning rate {lr!r} must be a finite positive number")
         if isinstance(self.batch, bool) or not isinstance(self.batch, (int, np.integer)) or self.batch < 1:
             raise ConfigError(f"batch {self.batch!r} must be a positive integer")
+        if self.head not in ("linear", "cosine"):
+            raise ConfigError(f"head {self.head!r}: use linear or cosine")
         if self.mode == "int8" and not self.bit_masks:
             raise ConfigError("bit_masks=False is only defined in fp32 mode: in int8 mode whether a value was "
                               "clamped by requantization cannot be recovered from the int8 output, so the forward "
@@ -205,7 +208,7 @@ def plan_training_step(graph, cfg, opts):
                   if op is not a.head and has_clamp(op, opts.mode) and not a.clamp_from_output(op, saved_until)}
     head = a.head
     feat = head.inputs[0]  # pooled features (N, C)
-    if opts.mode == "fp32":  # the fp32 pool output is the head's weight-gradient input itself
+    if opts.mode == "fp32" and opts.head == "linear":  # the fp32 pool output is the head's weight-gradient input
         saved_until[feat] = max(saved_until.get(feat, 0), a.bwd_scope(head))
     for t in first:
         if t == head.output:
@@ -233,8 +236,14 @@ def plan_training_step(graph, cfg, opts):
     # ---- head (fp32): features, logits, loss gradient
     C, K = head.cin, head.cout
     hs, hb = a.fwd_scope(head), a.bwd_scope(head)
-    if opts.mode == "int8":
-        req("head:feat", (N, C), f32, hs, hb, "saved")  # dequantized pooled features
+    cosine = opts.head == "cosine"
+    if opts.mode == "int8":  # dequantized pooled features; the head's input unless normalised
+        req("head:feat", (N, C), f32, hs, hs if cosine else hb, "activation" if cosine else "saved")
+    if cosine:  # normalised features and their norms, read by the head's backward
+        req("head:fn", (N, C), f32, hs, hb, "saved")
+        req("head:norm", (N,), f32, hs, hb, "saved")
+        if a.requires_grad[feat]:
+            req("grad:head:fn", (N, C), f32, hb, hb, "act_grad")
     req("head:logits", (N, K), f32, hs, a.loss_scope, "activation")
     req("grad:logits", (N, K), f32, a.loss_scope, hb, "act_grad")
 

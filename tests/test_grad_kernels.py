@@ -990,3 +990,31 @@ def test_parallel_kernels_are_deterministic(name):
         outs.append(args[0].copy())
     for o in outs[1:]:
         np.testing.assert_array_equal(o, outs[0])
+
+
+# ---- cosine head: row-wise L2 normalisation ----------------------------------------------------
+
+@pytest.mark.parametrize("n, c", [(1, 1), (2, 5), (3, 16)])
+def test_l2_normalize_rows_matches_finite_differences(n, c):
+    from microtrain.kernels.normalize import l2_normalize_rows_f32, l2_normalize_rows_f32_backward
+
+    rng = np.random.default_rng(n * 10 + c)
+    x = rng.normal(size=(n, c))
+    dy = rng.normal(size=(n, c))
+    y, norm = np.empty_like(x), np.empty(n)
+    l2_normalize_rows_f32(y, norm, x)
+    np.testing.assert_allclose(y, x / np.linalg.norm(x, axis=1, keepdims=True), rtol=1e-12)
+    dx = np.empty_like(x)
+    l2_normalize_rows_f32_backward(dx, dy, y, norm)
+    xp = x.copy()
+    fd = ng.numerical_gradient(lambda: float(np.sum(dy * xp / np.linalg.norm(xp, axis=1, keepdims=True))), xp)
+    np.testing.assert_allclose(dx, fd, rtol=1e-6, atol=1e-8)
+
+
+def test_l2_normalize_zero_row_gives_zeros_not_nan():
+    from microtrain.kernels.normalize import l2_normalize_rows_f32
+
+    x = np.zeros((1, 4), np.float32)
+    y, norm = np.empty_like(x), np.empty(1, np.float32)
+    l2_normalize_rows_f32(y, norm, x)
+    assert np.all(y == 0) and norm[0] > 0

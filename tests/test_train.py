@@ -48,7 +48,7 @@ def head_init(model, seed=1):
 
 # ---- a float64 reference of the whole network (fp32 mode semantics) --------------------------------
 
-def reference_loss(model, params, head, x, labels):
+def reference_loss(model, params, head, x, labels, cosine=False):
     """Loss of the dequantized network in float64; params: op name -> (w, b) float64."""
     g, t = model.graph, {model.graph.input_name: x.astype(np.float64)}
     for op in g.ops[:-1]:
@@ -63,15 +63,20 @@ def reference_loss(model, params, head, x, labels):
                  "depthwise": lambda: ng.depthwise(xin, w, b, op.stride, op.pad),
                  "pointwise": lambda: ng.pointwise(xin, w, b)}[op.kind]()
             t[op.output] = ng.clamp(y, 0.0, 6.0) if op.act == "relu6" else y
-    logits = ng.fully_connected(t[g.ops[-1].inputs[0]], head[0], head[1])
+    f = t[g.ops[-1].inputs[0]]
+    if cosine:
+        f = f / np.linalg.norm(f, axis=1, keepdims=True)
+    logits = ng.fully_connected(f, head[0], head[1])
     return ng.softmax_cross_entropy(logits, labels)
 
 
-def test_fp32_full_train_gradients_match_finite_differences():
+@pytest.mark.parametrize("head_kind", ["linear", "cosine"])
+def test_fp32_full_train_gradients_match_finite_differences(head_kind):
     m = tiny_model(seed=3)
     x, labels = batch("fp32", 2, seed=4)
     W, b = head_init(m)
-    opts = TrainOptions(mode="fp32", lr=1e-30, batch=2, reorder=False)  # lr ~ 0: read the gradients
+    cosine = head_kind == "cosine"
+    opts = TrainOptions(mode="fp32", lr=1e-30, batch=2, reorder=False, head=head_kind)  # lr ~ 0: read gradients
     step = TrainStep(m, full_train(m.graph), K, opts, head=(W, b))
     step.run(x, labels)
     params = {op.name: tuple(a.astype(np.float64) for a in dequantized_weights(m, op)) for op in m.graph.convs}
@@ -83,14 +88,14 @@ def test_fp32_full_train_gradients_match_finite_differences():
             pair[idx] = p
             q = dict(params)
             q[op.name] = tuple(pair)
-            fd = ng.numerical_gradient(lambda: reference_loss(m, q, head, x, labels), p)
+            fd = ng.numerical_gradient(lambda: reference_loss(m, q, head, x, labels, cosine), p)
             got = step.v(f"{which}:{op.name}")
             got = got.reshape(fd.shape)
             # float32 engine vs float64 central differences: float32 rounding of ~1e-7 relative per op
             np.testing.assert_allclose(got, fd, rtol=2e-3, atol=2e-4 * np.abs(fd).max() + 1e-6,
                                        err_msg=f"{which} of {op.name}")
     hw = head[0].copy()
-    fd_w = ng.numerical_gradient(lambda: reference_loss(m, params, (hw, head[1]), x, labels), hw)
+    fd_w = ng.numerical_gradient(lambda: reference_loss(m, params, (hw, head[1]), x, labels, cosine), hw)
     np.testing.assert_allclose(step.v("dw:head"), fd_w, rtol=2e-3, atol=1e-5)
 
 
@@ -207,8 +212,8 @@ def test_training_step_allocates_no_numpy_memory(mode):
 @settings(max_examples=30, deadline=None)
 @given(save=st.booleans(), masks=st.booleans(), reorder=st.booleans(), inplace=st.booleans(),
        mode=st.sampled_from(["int8", "fp32"]), cfg=st.sampled_from(["full", "last", "last+conv", "bias", "sparse"]),
-       optimizer=st.sampled_from(["sgd", "adam"]), n=st.integers(1, 3))
-def test_every_training_plan_is_overlap_free(save, masks, reorder, inplace, mode, cfg, optimizer, n):
+       optimizer=st.sampled_from(["sgd", "adam"]), n=st.integers(1, 3), head=st.sampled_from(["linear", "cosine"]))
+def test_every_training_plan_is_overlap_free(save, masks, reorder, inplace, mode, cfg, optimizer, n, head):
     if mode == "int8" and not masks:
         masks = True
     m = tiny_model(seed=15)
@@ -219,8 +224,8 @@ def test_every_training_plan_is_overlap_free(save, masks, reorder, inplace, mode
     else:
         c = load_config(cfg, m)
     opts = TrainOptions(mode=mode, batch=n, save_kept_channels=save, bit_masks=masks, reorder=reorder,
-                        inplace=inplace, optimizer=optimizer)
-    step = TrainStep(m, c, K, opts)
+                        inplace=inplace, optimizer=optimizer, head=head)
+    step = TrainStep(m, c, K, opts, head=head_init(m))
     step.plan.check()
     assert len(step.arena.buffer) == step.plan.peak
     x, labels = batch(mode, n, seed=16)
