@@ -7,6 +7,26 @@ from collections import defaultdict
 from microtrain.sparse import backward_macs, mit_analytic_bytes, tinytl_analytic_bytes
 
 
+def live_head_bytes(plan, first_scope=0):
+    """Max over scopes >= first_scope of the head bytes live at that scope (alias groups counted once).
+    With first_scope = the loss scope this is the backward phase's own need, which a saving option can
+    lower even when the step's peak is set by the forward pass."""
+    by_name = {b.name: b for b in plan.buffers}
+    spans = {}
+    for b in plan.buffers:
+        r = b
+        while r.alias_of is not None:
+            r = by_name[r.alias_of]
+        if r.region != "head":
+            continue
+        f, l = spans.get(r.name, (b.first, b.last))
+        spans[r.name] = (min(f, b.first), max(l, b.last))
+    sizes = {n: by_name[n].size for n in spans}
+    scopes = sorted({f for f, _ in spans.values()} | {l for _, l in spans.values()})
+    return max([sum(sizes[n] for n, (f, l) in spans.items() if f <= t <= l) for t in scopes if t >= first_scope]
+               or [0])
+
+
 def live_by_category(plan):
     """Bytes per category of the buffers live at the busiest scope of the head, plus the whole tail.
 
@@ -57,6 +77,7 @@ def training_report(step):
         "peak_bytes": plan.peak, "head_bytes": plan.head_bytes, "tail_bytes": plan.tail_bytes,
         "by_category": live["by_category"], "busiest_scope": live["scope"],
         "fragmentation_bytes": live["fragmentation"],
+        "backward_live_bytes": live_head_bytes(plan, step.analysis.loss_scope),
         "flash_bytes": step.flash_bytes(),
         "forward_macs": fwd,
         "backward_macs": backward_macs(g, cfg, convention="engine", batch=opts.batch),
@@ -78,6 +99,7 @@ def format_report(r):
     for k, v in r["by_category"].items():
         lines.append(f"    {k:<14} {v:>12,}")
     lines += [f"    {'(gaps)':<14} {r['fragmentation_bytes']:>12,}",
+              f"  live head bytes in the backward phase (max): {r['backward_live_bytes']:,}",
               f"  flash (read-only):   {r['flash_bytes']:>12,} bytes",
               f"  forward MACs:        {r['forward_macs']:>12,}",
               f"  backward MACs:       {r['backward_macs']:>12,}  (engine: what the step executes)",

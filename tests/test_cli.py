@@ -98,6 +98,10 @@ def test_plan_json_and_header(tmp_path, capsys):
         assert key in d
     assert d["peak_bytes"] <= 263_080  # TinyEngine's scheduler needs 263,080 B for the same scheme
     assert d["forward_macs"] == 22_453_504 + 160 * 10  # backbone + 10-way head
+    # the busiest scope's live bytes plus the gaps the placement leaves make up the head exactly
+    assert sum(v for k, v in d["by_category"].items() if k not in ("trainable", "optimizer")) \
+        + d["fragmentation_bytes"] == d["head_bytes"]
+    assert 0 < d["backward_live_bytes"] <= d["head_bytes"]
     text = hdr.read_text()
     assert f"#define MT_TRAIN_ARENA_SIZE {d['peak_bytes']}u" in text
     assert text.count("_OFFSET ") == d["buffers"]
