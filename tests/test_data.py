@@ -5,7 +5,6 @@ varying-shot rules against an independent re-statement), augmentation, the 95% C
 import math
 import struct
 import sys
-import time
 import zlib
 
 import numpy as np
@@ -375,19 +374,6 @@ def test_augment_colour():
     y = augment(x, np.random.default_rng(0), p=1.0, flip=False, translate=0, brightness=0, saturation=(1, 1))
     spread = y[:, 0, 7, 0].astype(np.int64) - y[:, 0, 0, 0]  # was 28
     assert spread.min() >= 13 and spread.max() <= 43 and spread.min() < 20 and spread.max() > 36
-
-
-def test_augment_speed():
-    x = batch(n=25, s=128)
-    augment(x, np.random.default_rng(0))
-    best = min(_timed(lambda: augment(x, np.random.default_rng(1), p=1.0)) for _ in range(5))
-    assert best < 0.1, f"augmenting 25 images of 128x128 took {best * 1e3:.1f} ms"
-
-
-def _timed(f):
-    t = time.perf_counter()
-    f()
-    return time.perf_counter() - t
 
 
 # ---------------------------------------------------------------------------------------------------- statistics
