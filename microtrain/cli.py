@@ -176,6 +176,128 @@ def cmd_plan(args):
 
 
 # ---------------------------------------------------------------------------------------------
+# select / evaluate (few-shot, microtrain.fewshot)
+# ---------------------------------------------------------------------------------------------
+
+def _fewshot_data(args, model):
+    from microtrain.data import parse_spec
+
+    h, w, _ = model.graph.input_shape
+    if h != w:
+        raise InputError(f"{model.name} takes {h}x{w} images; the few-shot datasets are square")
+    return parse_spec(args.data, h, seed=args.seed)
+
+
+def cmd_select(args):
+    from microtrain.episodes import sample_nway_kshot
+    from microtrain.fewshot import DEFAULT_LR, DEFAULT_OPTIMIZER, _episode_seed, model_input
+    from microtrain.tinytrain import fisher_potential, select
+    from microtrain.train_plan import TrainOptions
+
+    model = _load(args)
+    data = _fewshot_data(args, model)
+    # the support set of episode 0 of `microtrain evaluate` with the same seed, ways, shots and queries
+    ep = sample_nway_kshot(data, args.ways, args.shots, args.queries, np.random.default_rng([args.seed, 0]))
+    x = model_input(ep.support_x, model, args.mode)
+    optimizer = DEFAULT_OPTIMIZER[args.mode]
+    opts = TrainOptions(mode=args.mode, optimizer=optimizer, lr=DEFAULT_LR[(args.mode, optimizer)], batch=1,
+                        head="cosine")
+    fisher = fisher_potential(model, x, ep.support_y, ep.ways, mode=args.mode, memory_budget=args.memory_budget,
+                              first_conv="auto")
+    sel = select(model, fisher, args.memory_budget, args.compute_budget, channel_ratio=args.channel_ratio,
+                 channels=args.channels, n_classes=ep.ways, options=opts, seed=_episode_seed(args.seed, 0))
+    if args.save:
+        from microtrain.weights import atomic_write_text
+
+        atomic_write_text(args.save, sel.to_yaml())
+    if args.json:
+        from dataclasses import asdict
+
+        layers = []
+        for r in sel.table:
+            d = asdict(r)
+            d["potential"] = None if not np.isfinite(r.potential) else r.potential
+            d["score"] = None if not np.isfinite(r.score) else r.score
+            lu = sel.config.updated(r.conv_index)
+            d["keep"] = None if lu is None or lu.keep is None else list(lu.keep)
+            layers.append(d)
+        print(json.dumps({
+            "model": model.name, "data": data.name, "ways": ep.ways, "shots": args.shots, "seed": args.seed,
+            "mode": args.mode, "channels": args.channels, "channel_ratio": args.channel_ratio,
+            "memory_budget": args.memory_budget, "compute_budget": args.compute_budget,
+            "config": sel.config.name, "selected": sel.selected(),
+            "training_plan_peak_bytes": sel.peak_bytes, "min_training_plan_peak_bytes": sel.min_peak_bytes,
+            "backward_macs_per_sample": sel.backward_macs,
+            "fisher": {"peak_bytes": fisher.peak_bytes, "seconds": fisher.seconds, "chunk": fisher.chunk,
+                       "segments": fisher.segments, "first_conv": fisher.first_conv,
+                       "forward_macs": fisher.forward_macs, "recompute_macs": fisher.recompute_macs,
+                       "backward_macs": fisher.backward_macs, "activation": fisher.activation},
+            "layers": layers, "saved": args.save}, indent=1))
+        return 0
+    print(f"{model.name} on {data.name}: {ep.ways}-way {args.shots}-shot support set (episode 0, seed {args.seed}), "
+          f"{args.mode}")
+    print(fisher.summary())
+    print(sel.format_table())
+    print(f"Fisher pass: peak {fisher.peak_bytes:,} bytes, {fisher.seconds:.3f} s; training plan (batch 1): peak "
+          f"{sel.peak_bytes:,} bytes (smallest possible {sel.min_peak_bytes:,}); backward {sel.backward_macs:,} "
+          f"MACs per sample")
+    if args.save:
+        print(f"config written to {args.save}")
+    return 0
+
+
+def _methods(text):
+    from microtrain.fewshot import METHODS
+
+    if text.strip() == "all":
+        return METHODS
+    return tuple(m.strip() for m in text.split(",") if m.strip())
+
+
+def cmd_evaluate(args):
+    from pathlib import Path
+
+    from microtrain.fewshot import evaluate
+
+    methods = _methods(args.methods)
+    if args.meta_dataset and (args.ways is not None or args.shots is not None or args.queries is not None):
+        raise InputError("--meta-dataset draws ways, shots and queries itself; drop --ways/--shots/--queries")
+    model = _load(args)
+    data = _fewshot_data(args, model)
+    kw = {"mode": args.mode, "steps": args.steps, "memory_budget": args.memory_budget,
+          "compute_budget": args.compute_budget, "channel_ratio": args.channel_ratio, "scheme": args.scheme}
+    for k in ("lr", "batch", "optimizer"):
+        if getattr(args, k) is not None:
+            kw[k] = getattr(args, k)
+    ev = evaluate(model, data, methods, args.episodes, ways=args.ways or 5, shots=args.shots or 5,
+                  queries=args.queries if args.queries is not None else 15,
+                  sampler="meta-dataset" if args.meta_dataset else "nway", seed=args.seed, workers=args.workers,
+                  scheduler=args.scheduler, progress=not args.quiet, **kw)
+    result = ev.to_dict()
+    note = None
+    if args.out:
+        from microtrain.fewshot import plot_accuracy_vs_memory
+        from microtrain.weights import atomic_write_text
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "results.md", ev.to_markdown())
+        atomic_write_text(out / "results.json", json.dumps(result, indent=1) + "\n")
+        try:
+            plot_accuracy_vs_memory(ev, out / "accuracy_vs_memory.png")
+        except MicrotrainError as e:
+            note = f"accuracy_vs_memory.png skipped: {e}"
+            print(f"microtrain: note: {note}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(ev.format())
+        if args.out:
+            print(f"results written to {args.out}/" + (f" ({note})" if note else ""))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 
 def build_parser():
     p = argparse.ArgumentParser(prog="microtrain", description=__doc__.splitlines()[0])
@@ -223,6 +345,56 @@ def build_parser():
     s.add_argument("--timeline-png", help="write the timeline as a PNG (needs matplotlib)")
     s.add_argument("--header", help="write a C header with every buffer's offset and size and the arena size")
     s.set_defaults(func=cmd_plan)
+
+    s = sub.add_parser("select", help="TinyTrain's layer/channel selection for one support set (Fisher pass + s_i)")
+    s.add_argument("model")
+    s.add_argument("--weights", required=True)
+    s.add_argument("--data", required=True, help="omniglot:PATH, folder:PATH, glyphs:SCRIPTS or digits")
+    s.add_argument("--ways", type=int, default=5)
+    s.add_argument("--shots", type=int, default=5)
+    s.add_argument("--queries", type=int, default=15,
+                   help="queries per class drawn with the support set (default 15: the support set of "
+                        "`evaluate`'s episode 0 for the same seed); not used for the selection")
+    s.add_argument("--memory-budget", type=int, default=262_144, help="bytes (default 262144)")
+    s.add_argument("--compute-budget", type=int, help="backward MACs per sample")
+    s.add_argument("--channels", choices=["fisher", "l2", "random"], default="fisher")
+    s.add_argument("--channel-ratio", type=float, default=0.5)
+    s.add_argument("--mode", choices=["int8", "fp32"], default="int8")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--save", metavar="CFG.yaml", help="write the selected SparseConfig as YAML")
+    s.set_defaults(func=cmd_select)
+
+    s = sub.add_parser("evaluate", help="few-shot evaluation of adaptation methods over episodes")
+    s.add_argument("model")
+    s.add_argument("--weights", required=True)
+    s.add_argument("--data", required=True, help="omniglot:PATH, folder:PATH, glyphs:SCRIPTS or digits")
+    s.add_argument("--methods", default="all",
+                   help="comma list of none, fulltrain, lastlayer, biasonly, sparseupdate, tinytrain, tinytrain-l2, "
+                        "tinytrain-random; or all (default)")
+    s.add_argument("--episodes", type=int, default=10)
+    s.add_argument("--ways", type=int, help="N-way (default 5)")
+    s.add_argument("--shots", type=int, help="K-shot (default 5)")
+    s.add_argument("--queries", type=int, help="queries per class (default 15)")
+    s.add_argument("--meta-dataset", action="store_true", help="Meta-Dataset's varying-way varying-shot episodes")
+    s.add_argument("--steps", type=int, default=40)
+    s.add_argument("--lr", type=float, help="learning rate (default: int8 SGD 0.02, fp32 Adam 1e-3)")
+    s.add_argument("--optimizer", choices=["sgd", "adam"], help="default: sgd in int8 mode, adam in fp32 mode")
+    s.add_argument("--batch", type=int, help="support images per step (default min(25, support size))")
+    s.add_argument("--memory-budget", type=int, default=262_144,
+                   help="bytes, for tinytrain* (default 262144; fp32 activations take 4x the bytes of int8 ones)")
+    s.add_argument("--compute-budget", type=int, help="backward MACs per sample, for tinytrain*")
+    s.add_argument("--channel-ratio", type=float, default=0.5)
+    s.add_argument("--scheme", default="49kb", help="MIT scheme of sparseupdate: a name or YAML (default 49kb)")
+    s.add_argument("--mode", choices=["int8", "fp32"], default="int8")
+    s.add_argument("--seed", type=int, default=0)
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--workers", type=int, help="run on a local dask cluster of N worker processes")
+    g.add_argument("--scheduler", help="address of an existing dask scheduler (tcp://host:port)")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--out", metavar="DIR", help="write results.md, results.json, accuracy_vs_memory.png")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_evaluate)
     return p
 
 
