@@ -96,7 +96,7 @@ def adam_moments_step(m, v, g, bc1, bc2):
 
 @njit(**NJIT)
 def sgd_update_ohwi_s8(w, dw, keep_out, keep_in, coef, lr):
-    """w[co, :, :, ci] = sat(w - round(lr * coef[co] * dw)) for the kept (co, ci) pairs: int8 SGD with QAS, in place.
+    """w[co, :, :, ci] = sat(w - round_half_away(lr * coef[co] * dw)) for the kept (co, ci) pairs: int8 SGD with QAS, in place.
 
     Layout:    w (Co, KH, KW, Ci) int8 in SRAM, in and out; dw (Ko, KH, KW, Ki) float32, dw[a, :, :, b] the gradient
                sum for co = keep_out[a], ci = keep_in[b] (the compact output of conv2d / pointwise backward_weight);
@@ -137,11 +137,11 @@ def sgd_update_ohwi_s8(w, dw, keep_out, keep_in, coef, lr):
 
 @njit(**NJIT)
 def sgd_update_hwc_s8(w, dw, keep, coef, lr):
-    """w[:, :, c] = sat(w - round(lr * coef[c] * dw)) for the kept channels: int8 depthwise SGD with QAS, in place.
+    """w[:, :, c] = sat(w - round_half_away(lr * coef[c] * dw)) for the kept channels: int8 depthwise SGD with QAS, in place.
 
     Layout:    w (KH, KW, C) int8 in SRAM; dw (KH, KW, K) float32, dw[:, :, k] the gradient of channel keep[k];
                keep (K,) int32, distinct; coef (C,) float32 indexed by the channel (s_x / s_w[c]).
-    Math:      as sgd_update_ohwi_s8: step = (lr * coef[c]) * dw in float64, w <- sat[-127, 127](w - round(step)).
+    Math:      as sgd_update_ohwi_s8: step = (lr * coef[c]) * dw in float64, w <- sat[-127, 127](w - round_half_away(step)).
     Rounding:  TinyEngine truncates float(w) - step toward zero and does not saturate; here the step is rounded half
                away from zero and the result saturated (documented deviation, see sgd_update_ohwi_s8).
     Ownership: updates w in place at the kept channels only; allocates nothing.
@@ -165,7 +165,7 @@ def sgd_update_hwc_s8(w, dw, keep, coef, lr):
 
 @njit(**NJIT)
 def sgd_update_bias_s32(b, db, keep, coef, lr):
-    """b[c] = sat_int32(b[c] - round(lr * coef[c] * db[k])), c = keep[k]: int32 bias SGD with QAS, in place.
+    """b[c] = sat_int32(b[c] - round_half_away(lr * coef[c] * db[k])), c = keep[k]: int32 bias SGD with QAS, in place.
 
     Layout:    b (C,) int32 in SRAM; db (K,) float32, db[k] the gradient of channel keep[k] (bias_f32_backward's
                compact output); keep (K,) int32, distinct; coef (C,) float32 indexed by the channel.
@@ -419,7 +419,7 @@ def adam_update_hwc_s8(w, dw, m, v, keep, gscale, lr, t):
 
     Layout:    w (KH, KW, C) int8; dw, m, v (KH, KW, K) float32; keep (K,) int32, distinct; gscale (C,) float32
                indexed by the channel (s_x * s_w[c]); t >= 1.
-    Math:      as adam_update_ohwi_s8: g = gscale[c] * dw = dL/dw_int, Adam on g, w <- sat(w - round(lr * step)).
+    Math:      as adam_update_ohwi_s8: g = gscale[c] * dw = dL/dw_int, Adam on g, w <- sat(w - round_half_away(lr * step)).
     Rounding:  half away from zero, saturated to [-127, 127] (TinyEngine has no Adam; its SGD truncates).
     Ownership: updates w at the kept channels and every element of m and v; allocates nothing.
     C twin:    mt_adam_update_hwc_s8.

@@ -27,6 +27,7 @@ from microtrain.graph import with_classes
 from microtrain.preprocess import quantize_table
 from microtrain.sparse import backward_macs, bias_only, full_train, last_layer, load_config
 from microtrain.train import TrainStep
+from microtrain.tinytrain import cosine_prototypes  # noqa: F401  (re-exported: the few-shot head)
 from microtrain.train_plan import MODES, TrainOptions, plan_training_step
 
 METHODS = ("none", "fulltrain", "lastlayer", "biasonly", "sparseupdate", "tinytrain", "tinytrain-l2",
@@ -70,23 +71,6 @@ def _input_table(scale, zero_point):
     t = quantize_table(scale, zero_point)
     t.setflags(write=False)
     return t
-
-
-def cosine_prototypes(features, labels, n_classes, scale=PROTO_SCALE):
-    """Cosine prototype head (P>M>F): W[k] = scale · c_k / |c_k|, c_k the mean of class k's features (N, C),
-    b = 0. With the engine's cosine head, logits = W (f / |f|) = scale · cos(f, c_k). A class without
-    samples, or with a zero mean, gets a zero row. Returns float32 (W (K, C), b (K,))."""
-    f = np.asarray(features, np.float64)
-    labels = np.asarray(labels)
-    W = np.zeros((n_classes, f.shape[1]))
-    for k in range(n_classes):
-        sel = labels == k
-        if sel.any():
-            c = f[sel].mean(axis=0)
-            n = float(np.linalg.norm(c))
-            if n > 0:
-                W[k] = scale * c / n
-    return W.astype(np.float32), np.zeros(n_classes, np.float32)
 
 
 def _chunked(fn, x, batch):

@@ -455,24 +455,33 @@ def fit_fisher_pass(graph, mode="int8", n_samples=1, memory_budget=None, chunk=N
 # Running the pass
 # ---------------------------------------------------------------------------------------------
 
+def cosine_prototypes(features, labels, n_classes, scale=10.0):
+    """Cosine prototype head (P>M>F): W[k] = scale · c_k / |c_k|, c_k the mean of class k's features (N, C),
+    b = 0. With the engine's cosine head, logits = W (f / |f|) = scale · cos(f, c_k). A class without
+    samples, or with a zero mean, gets a zero row. Returns float32 (W (K, C), b (K,))."""
+    f = np.asarray(features, np.float64)
+    labels = np.asarray(labels)
+    W = np.zeros((n_classes, f.shape[1]))
+    for k in range(n_classes):
+        sel = labels == k
+        if sel.any():
+            c = f[sel].mean(axis=0)
+            n = float(np.linalg.norm(c))
+            if n > 0:
+                W[k] = scale * c / n
+    return W.astype(np.float32), np.zeros(n_classes, np.float32)
+
+
+
 def prototype_head(features, labels, n_classes, scale=10.0):
     """Few-shot head from support features (N, C): W[k] = scale * c_k / (|c_k| * r), b = 0, with c_k the mean
     feature of class k and r the mean feature norm. A linear stand-in for P>M>F's cosine prototype classifier
     (logits = scale * cos(f, c_k)), which divides by |f|: a linear head cannot, so the support set's mean |f|
     is used; logits stay O(scale), so the softmax does not saturate (a ProtoNet squared-distance head does
     on support samples, and its gradients then underflow). A class without samples gets a zero row."""
-    f = np.asarray(features, np.float64)
-    labels = np.asarray(labels)
-    r = float(np.mean(np.linalg.norm(f, axis=1))) or 1.0
-    W = np.zeros((n_classes, f.shape[1]))
-    for k in range(n_classes):
-        sel = labels == k
-        if sel.any():
-            c = f[sel].mean(axis=0)
-            nrm = float(np.linalg.norm(c))
-            if nrm > 0:
-                W[k] = scale * c / (nrm * r)
-    return W.astype(F32), np.zeros(n_classes, F32)
+    r = float(np.mean(np.linalg.norm(np.asarray(features, np.float64), axis=1))) or 1.0
+    W, b = cosine_prototypes(features, labels, n_classes, scale)
+    return (W / np.float32(r)).astype(F32), b
 
 
 class FisherPass:

@@ -188,17 +188,7 @@ def save_npz(model, path, extra_meta=None):
     meta.update(extra_meta or {})
     meta["format"] = NPZ_FORMAT
     arrays["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.npz", dir=str(path.parent or "."))
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return _atomic_write(path, ".tmp.npz", lambda tmp: np.savez(tmp, **arrays))
 
 
 def load_npz(graph, path):
@@ -252,31 +242,30 @@ def read_weights(graph, path):
     raise WeightFileError(f"{path}: unknown weight format (use a tiny-training .pkl or a microtrain .npz)")
 
 
-def atomic_save_npy(path, array):
-    """np.save to a temporary file in the same folder, then rename: nothing is left half-written."""
+def _atomic_write(path, suffix, write):
+    """Call write(tmp_path) on a temporary file beside `path`, then rename it over `path`: a crash or an
+    error leaves the old file (or none), never a half-written one."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.npy", dir=str(path.parent or "."))
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=suffix, dir=str(path.parent or "."))
     os.close(fd)
     try:
-        np.save(tmp, array, allow_pickle=False)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_save_npy(path, array):
+    """np.save through a temporary file and a rename: nothing is left half-written."""
+    return _atomic_write(path, ".tmp.npy", lambda tmp: np.save(tmp, array, allow_pickle=False))
 
 
 def atomic_write_text(path, text):
-    """Write text to path via a temporary file and a rename (nothing half-written on error)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=str(path.parent or "."))
-    try:
-        with os.fdopen(fd, "w") as f:
+    """Write text through a temporary file and a rename (nothing half-written on error)."""
+    def write(tmp):
+        with open(tmp, "w") as f:
             f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return _atomic_write(path, ".tmp", write)

@@ -23,30 +23,9 @@ from settings import JIT_DISABLED
 
 # The tiny network of test_train.py: conv2d k3 s2, pointwise expand (ReLU6), depthwise k3 (ReLU6), pointwise
 # project, residual add, depthwise k5 s2 (expand 1), global mean, fc head.
-TINY = {"name": "tiny", "input": [9, 9, 3], "first_conv": {"out": 4, "kernel": 3, "stride": 2},
-        "blocks": [{"expand": 2, "out": 4, "kernel": 3, "stride": 1},
-                   {"expand": 1, "out": 6, "kernel": 5, "stride": 2}], "classifier": 10}
-K = 3
+from test_train import K, TINY, batch as support, head_init, tiny_model  # noqa: E402,F401
+
 KB = 1024
-
-
-def tiny_model(seed=0):
-    return random_model(graph_from_spec(TINY), seed=seed)
-
-
-def support(mode, n, seed=0):
-    rng = np.random.default_rng(seed)
-    if mode == "int8":
-        x = rng.integers(-128, 128, (n, 9, 9, 3)).astype(np.int8)
-    else:
-        x = rng.uniform(-1, 1, (n, 9, 9, 3)).astype(np.float32)
-    return x, rng.integers(0, K, n)
-
-
-def head_init(model, seed=1):
-    rng = np.random.default_rng(seed)
-    c = model.graph.classifier.cin
-    return rng.normal(0, 0.5, (K, c)).astype(np.float32), rng.normal(0, 0.1, K).astype(np.float32)
 
 
 def fisher_tensors(graph):
