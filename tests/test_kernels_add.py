@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from microtrain.config import F32_ATOL, F32_RTOL
 from microtrain.kernels.add import add_f32, add_s8
 from microtrain.kernels.mask import NO_MASK, mask_shape
-from microtrain.kernels.requant import add_multipliers
+from microtrain.kernels.requant import ADD_LEFT_SHIFT, add_multipliers
 import naive
 from settings import kernel_settings
 
@@ -22,6 +22,9 @@ def make_add(rng, shape, saturate=False, y_zp=None, act=None, scales=None):
     sa, sb = scales if scales is not None else (float(np.float32(s)) for s in rng.uniform(0.02, 0.2, 2))
     real = (a.astype(np.float64) - a_zp) * sa + (b.astype(np.float64) - b_zp) * sb
     y_scale, y_zp = naive.calibrate_output(rng, real, saturate, y_zp)
+    # TFLM's ADD requires its output multiplier 2*max(sa, sb) / (2^20 * y_scale) below 1. A one-element tensor
+    # with saturation can calibrate a y_scale under that, which no converter emits: keep y_scale above 4x the floor.
+    y_scale = max(y_scale, float(np.float32(8.0 * max(sa, sb) / (1 << ADD_LEFT_SHIFT))))
     (am, ash), (bm, bsh), (ym, ysh) = add_multipliers(sa, sb, y_scale)
     act_min, act_max = naive.act_range(rng, act, y_scale, y_zp)
     return dict(a=a, b=b, a_zp=a_zp, a_mult=am, a_shift=ash, b_zp=b_zp, b_mult=bm, b_shift=bsh,
@@ -93,6 +96,13 @@ def test_add_s8_rejects_positive_shift():
     p["y_shift"] = 1
     with pytest.raises(ValueError):
         call_add_s8(np.zeros((1, 2, 2, 2), np.int8), p)
+
+
+def test_add_s8_one_element_saturated_keeps_tflm_multiplier_range():
+    """The example CI's hypothesis found on 2026-11-25: one element, saturating calibration (span floored at 1e-3)
+    gave an output multiplier of 1.33, outside TFLM's (0, 1). make_add now keeps y_scale in TFLM's range."""
+    y, p, _ = run_s8(84698, (1, 1, 1, 1), saturate=True)
+    assert 0 < p["y_mult"] and p["y_shift"] <= 0
 
 
 shapes = st.tuples(st.integers(1, 2), st.integers(1, 9), st.integers(1, 9), st.integers(1, 8))
