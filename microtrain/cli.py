@@ -254,10 +254,34 @@ def _methods(text):
     return tuple(m.strip() for m in text.split(",") if m.strip())
 
 
+def _lr_arg(text):
+    """--lr: one number for every method, or per method: "fulltrain=0.005,tinytrain=0.02"."""
+    if text is None:
+        return None
+    try:
+        if "=" not in text:
+            return float(text)
+        out = {}
+        for part in text.split(","):
+            m, _, v = part.partition("=")
+            out[m.strip()] = float(v)
+        return out
+    except ValueError:
+        raise InputError(f"--lr {text!r}: give a number, or method=lr pairs separated by commas "
+                         "(e.g. fulltrain=0.005,tinytrain=0.02)") from None
+
+
+def _grid_arg(text):
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise InputError(f"--tune-lr {text!r}: give learning rates separated by commas (e.g. 0.005,0.02,0.05)") from None
+
+
 def cmd_evaluate(args):
     from pathlib import Path
 
-    from microtrain.fewshot import evaluate
+    from microtrain.fewshot import evaluate, tune_lr
 
     methods = _methods(args.methods)
     if args.meta_dataset and (args.ways is not None or args.shots is not None or args.queries is not None):
@@ -266,14 +290,30 @@ def cmd_evaluate(args):
     data = _fewshot_data(args, model)
     kw = {"mode": args.mode, "steps": args.steps, "memory_budget": args.memory_budget,
           "compute_budget": args.compute_budget, "channel_ratio": args.channel_ratio, "scheme": args.scheme}
-    for k in ("lr", "batch", "optimizer"):
+    for k in ("batch", "optimizer"):
         if getattr(args, k) is not None:
             kw[k] = getattr(args, k)
-    ev = evaluate(model, data, methods, args.episodes, ways=args.ways or 5, shots=args.shots or 5,
-                  queries=args.queries if args.queries is not None else 15,
-                  sampler="meta-dataset" if args.meta_dataset else "nway", seed=args.seed, workers=args.workers,
-                  scheduler=args.scheduler, progress=not args.quiet, **kw)
+    lr = _lr_arg(args.lr)
+    episode_kw = dict(ways=args.ways or 5, shots=args.shots or 5,
+                      queries=args.queries if args.queries is not None else 15,
+                      sampler="meta-dataset" if args.meta_dataset else "nway", workers=args.workers,
+                      scheduler=args.scheduler, progress=not args.quiet)
+    tuning = None
+    if args.tune_lr is not None:
+        if lr is not None:
+            raise InputError("--tune-lr chooses the learning rates; drop --lr")
+        grid = None if args.tune_lr == "default" else _grid_arg(args.tune_lr)
+        tuning = tune_lr(model, data, methods, grid=grid, probes=args.probes, probe_seed=args.probe_seed,
+                         **episode_kw, **kw)
+        if not args.json:
+            print(tuning.format())
+        lr = tuning.chosen
+    if lr is not None:
+        kw["lr"] = lr
+    ev = evaluate(model, data, methods, args.episodes, seed=args.seed, **episode_kw, **kw)
     result = ev.to_dict()
+    if tuning is not None:
+        result["lr_tuning"] = tuning.to_dict()
     note = None
     if args.out:
         from microtrain.fewshot import plot_accuracy_vs_memory
@@ -281,7 +321,11 @@ def cmd_evaluate(args):
 
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "results.md", ev.to_markdown())
+        md = ev.to_markdown()
+        if tuning is not None:
+            md += ("\n## Learning rate per method\n\nMean query accuracy (%) on the probe episodes "
+                   f"(seed {args.probe_seed}, {args.probes} episodes; not the evaluation's):\n\n" + tuning.to_markdown())
+        atomic_write_text(out / "results.md", md)
         atomic_write_text(out / "results.json", json.dumps(result, indent=1) + "\n")
         try:
             plot_accuracy_vs_memory(ev, out / "accuracy_vs_memory.png")
@@ -378,7 +422,13 @@ def build_parser():
     s.add_argument("--queries", type=int, help="queries per class (default 15)")
     s.add_argument("--meta-dataset", action="store_true", help="Meta-Dataset's varying-way varying-shot episodes")
     s.add_argument("--steps", type=int, default=40)
-    s.add_argument("--lr", type=float, help="learning rate (default: int8 SGD 0.02, fp32 Adam 1e-3)")
+    s.add_argument("--lr", help="learning rate, one for all methods or per method (fulltrain=0.005,tinytrain=0.02); "
+                                "default: int8 SGD 0.02, fp32 Adam 1e-3")
+    s.add_argument("--tune-lr", nargs="?", const="default", metavar="GRID",
+                   help="choose each method's lr on probe episodes first, from GRID (comma list; default int8 SGD "
+                        "0.005,0.02,0.05, fp32 Adam 1e-4,1e-3,1e-2)")
+    s.add_argument("--probes", type=int, default=3, help="probe episodes per lr for --tune-lr (default 3)")
+    s.add_argument("--probe-seed", type=int, default=1000, help="seed of the probe episodes (default 1000)")
     s.add_argument("--optimizer", choices=["sgd", "adam"], help="default: sgd in int8 mode, adam in fp32 mode")
     s.add_argument("--batch", type=int, help="support images per step (default min(25, support size))")
     s.add_argument("--memory-budget", type=int, default=262_144,

@@ -43,6 +43,12 @@ DEFAULT_MEMORY_BUDGET = 262_144  # bytes: the 256 KB SRAM of MIT's and TinyTrain
 # makes an int8 SGD step the fp32 SGD step in real units, so it gets the same lr.
 DEFAULT_OPTIMIZER = {"int8": "sgd", "fp32": "adam"}
 DEFAULT_LR = {("int8", "sgd"): 0.02, ("fp32", "sgd"): 0.02, ("int8", "adam"): 1e-3, ("fp32", "adam"): 1e-3}
+# Learning rates tried per method on probe episodes (tune_lr), per (mode, optimizer): P>M>F picks its lr per
+# domain from {1e-4, 1e-3, 1e-2} on a few validation episodes (background/tinytrain-paper.md §2.2); int8 SGD+QAS
+# steps in real units like fp32 SGD, and collapses FullTrain above about 0.02, hence its lower grid.
+LR_GRID = {("int8", "sgd"): (0.005, 0.02, 0.05), ("fp32", "sgd"): (0.005, 0.02, 0.05),
+           ("int8", "adam"): (1e-4, 1e-3, 1e-2), ("fp32", "adam"): (1e-4, 1e-3, 1e-2)}
+PROBE_SEED = 1000  # probe episodes for tune_lr: drawn with this seed, never the evaluation's (seed 0 by default)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,6 +344,7 @@ class Evaluation:
                 "backward_macs": float(np.mean([r.backward_macs for r in rs])),
                 "fisher_peak_bytes": max(fpk) if fpk else None,
                 "seconds": float(np.mean([r.seconds for r in rs])),
+                "lr": None if m == "none" else rs[0].lr,
             })
         return out
 
@@ -346,11 +353,11 @@ class Evaluation:
         s = self.settings
         head = (f"{s['model']} on {s['data']}: {s['episodes']} episodes ({_episode_desc(s)}), {s['mode']}, "
                 f"{s['steps']} steps, memory budget {_fmt_int(s['memory_budget'])} B")
-        lines = [head, f"{'method':<18}{'accuracy %':>16}{'before %':>16}{'peak bytes':>13}{'bwd MACs/sample':>17}"
-                       f"{'s/episode':>11}"]
+        lines = [head, f"{'method':<18}{'accuracy %':>16}{'before %':>16}{'lr':>8}{'peak bytes':>13}"
+                       f"{'bwd MACs/sample':>17}{'s/episode':>11}"]
         for r in self.rows():
             lines.append(f"{r['method']:<18}{_pct(r['acc'], r['ci95']):>16}{_pct(r['acc_before'], r['ci95_before']):>16}"
-                         f"{_fmt_int(r['peak_bytes']):>13}{_fmt_int(round(r['backward_macs'])):>17}"
+                         f"{_fmt_lr(r['lr']):>8}{_fmt_int(r['peak_bytes']):>13}{_fmt_int(round(r['backward_macs'])):>17}"
                          f"{r['seconds']:>11.2f}")
         lines.append("peak bytes: the training plan's arena at batch 1 (the device step; max over episodes); "
                      "backward MACs per sample, engine convention")
@@ -360,17 +367,18 @@ class Evaluation:
         s = self.settings
         lines = [f"# Few-shot evaluation: {s['model']}", "",
                  f"- data: `{s['data']}`; {s['episodes']} episodes, {_episode_desc(s)}; seed {s['seed']}",
-                 f"- mode {s['mode']}, {s['steps']} steps, optimizer {s['optimizer']}, lr {s['lr']}, "
+                 f"- mode {s['mode']}, {s['steps']} steps, optimizer {s['optimizer']}, "
+                 f"lr {'per method (column lr)' if isinstance(s['lr'], dict) else s['lr']}, "
                  f"batch {s['batch'] or 'min(25, support)'}",
                  f"- memory budget {_fmt_int(s['memory_budget'])} bytes"
                  + (f", compute budget {_fmt_int(s['compute_budget'])} backward MACs/sample"
                     if s.get("compute_budget") is not None else ""), "",
-                 "| method | config | accuracy (%) | before (%) | peak bytes | backward MACs / sample | "
+                 "| method | config | accuracy (%) | before (%) | lr | peak bytes | backward MACs / sample | "
                  "Fisher pass peak | s / episode |",
-                 "|---|---|---:|---:|---:|---:|---:|---:|"]
+                 "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in self.rows():
             lines.append(f"| {r['method']} | {r['config']} | {_pct(r['acc'], r['ci95'])} | "
-                         f"{_pct(r['acc_before'], r['ci95_before'])} | {_fmt_int(r['peak_bytes'])} | "
+                         f"{_pct(r['acc_before'], r['ci95_before'])} | {_fmt_lr(r['lr'])} | {_fmt_int(r['peak_bytes'])} | "
                          f"{_fmt_int(round(r['backward_macs']))} | {_fmt_int(r['fisher_peak_bytes'])} | "
                          f"{r['seconds']:.2f} |")
         lines += ["", "Accuracy: mean ± 95% CI over episodes. Peak bytes: the training plan's arena for the batch-1 "
@@ -397,6 +405,10 @@ def _jsonable(v):
 
 def _fmt_int(v):
     return "-" if v is None else f"{int(v):,}"
+
+
+def _fmt_lr(v):
+    return "-" if v is None else f"{v:g}"
 
 
 def _pct(m, ci):
@@ -499,6 +511,15 @@ def evaluate(model, dataset, methods, episodes, *, ways=5, shots=5, queries=15, 
     unknown = set(adapt_kw) - set(_ADAPT_KEYS)
     if unknown:
         raise ConfigError(f"unknown adapt_episode option(s): {', '.join(sorted(unknown))}")
+    lr = adapt_kw.get("lr")
+    if isinstance(lr, dict):
+        stray = set(lr) - set(methods)
+        if stray:
+            raise ConfigError(f"learning rates given for method(s) not evaluated: {', '.join(sorted(stray))}")
+        for m, v in lr.items():
+            _check_lr(v, m)
+    elif lr is not None:
+        _check_lr(lr, "all methods")
     side = model.graph.input_shape[0]
     if dataset.size != side or model.graph.input_shape[1] != side:
         raise DataError(f"{dataset.name} is loaded at {dataset.size}x{dataset.size} but {model.name} takes "
@@ -516,7 +537,7 @@ def evaluate(model, dataset, methods, episodes, *, ways=5, shots=5, queries=15, 
     settings = {"model": model.name, "data": dataset.name, "episodes": int(episodes), "sampler": sampler,
                 "ways": ways, "shots": shots, "queries": queries, "seed": seed, "mode": mode,
                 "steps": adapt_kw.get("steps", 40), "optimizer": opt,
-                "lr": adapt_kw.get("lr") if adapt_kw.get("lr") is not None else DEFAULT_LR.get((mode, opt)),
+                "lr": _lr_setting(adapt_kw.get("lr"), methods, DEFAULT_LR.get((mode, opt))),
                 "batch": adapt_kw.get("batch"), "memory_budget": adapt_kw.get("memory_budget", DEFAULT_MEMORY_BUDGET),
                 "compute_budget": adapt_kw.get("compute_budget"), "channel_ratio": adapt_kw.get("channel_ratio", 0.5),
                 "scheme": adapt_kw.get("scheme", "49kb")}
@@ -536,8 +557,97 @@ def evaluate(model, dataset, methods, episodes, *, ways=5, shots=5, queries=15, 
     return Evaluation(settings, methods, results)
 
 
+@dataclass
+class LrTuning:
+    """Result of `tune_lr`: the chosen lr per method, and every probe evaluation's mean query accuracy."""
+
+    chosen: dict
+    grid: tuple
+    accuracy: dict  # method -> [(lr, mean accuracy, 95% CI half-width)] in grid order
+    settings: dict
+
+    def format(self):
+        s = self.settings
+        lines = [f"learning rate per method on {s['probes']} probe episodes (seed {s['probe_seed']}) of {s['data']}, "
+                 f"{s['mode']} {s['optimizer']}, {s['steps']} steps",
+                 f"{'method':<18}" + "".join(f"{'lr ' + _fmt_lr(v):>16}" for v in self.grid) + f"{'chosen':>10}"]
+        for m, accs in self.accuracy.items():
+            lines.append(f"{m:<18}" + "".join(f"{_pct(a, ci):>16}" for _, a, ci in accs)
+                         + f"{_fmt_lr(self.chosen[m]):>10}")
+        return "\n".join(lines)
+
+    def to_markdown(self):
+        lines = ["| method | " + " | ".join(f"lr {_fmt_lr(v)}" for v in self.grid) + " | chosen |",
+                 "|---|" + "---:|" * (len(self.grid) + 1)]
+        for m, accs in self.accuracy.items():
+            lines.append(f"| {m} | " + " | ".join(_pct(a, ci) for _, a, ci in accs)
+                         + f" | {_fmt_lr(self.chosen[m])} |")
+        return "\n".join(lines) + "\n"
+
+    def to_dict(self):
+        return _jsonable({"chosen": self.chosen, "grid": list(self.grid), "settings": self.settings,
+                          "accuracy": {m: [list(t) for t in v] for m, v in self.accuracy.items()}})
+
+
+def tune_lr(model, dataset, methods, *, grid=None, probes=3, probe_seed=PROBE_SEED, seed=None, **kw):
+    """Choose each method's learning rate on probe episodes, as P>M>F chooses its lr per domain on a few
+    validation episodes: for every lr of `grid` (default LR_GRID[(mode, optimizer)]) run
+    evaluate(model, dataset, methods, probes, seed=probe_seed, lr=lr, **kw) and keep, per method, the lr with
+    the highest mean query accuracy (ties: the smaller lr). The probe episodes come from probe_seed, so they
+    are not the evaluation's episodes (evaluate's default seed is 0; `seed` here is refused to avoid mixing
+    them up). "none" trains nothing and gets no lr. Returns an LrTuning; pass `tuning.chosen` as evaluate's
+    lr= to run each method at its own lr. kw: evaluate's keywords (ways, shots, queries, sampler, workers,
+    mode, steps, memory_budget, ...), but not lr."""
+    if seed is not None:
+        raise ConfigError("tune_lr draws its probe episodes from probe_seed; give probe_seed, not seed")
+    if "lr" in kw:
+        raise ConfigError("tune_lr chooses the lr; do not pass one")
+    mode = kw.get("mode", "int8")
+    opt = kw.get("optimizer") or DEFAULT_OPTIMIZER.get(mode)
+    grid = tuple(LR_GRID.get((mode, opt), ()) if grid is None else grid)
+    if not grid:
+        raise ConfigError(f"no learning-rate grid for mode {mode!r} with optimizer {opt!r}; give grid=")
+    for v in grid:
+        _check_lr(v, "the grid")
+    if len(set(grid)) != len(grid):
+        raise ConfigError(f"the lr grid lists a value twice: {grid}")
+    if isinstance(probes, bool) or not isinstance(probes, (int, np.integer)) or probes < 1:
+        raise ConfigError(f"probes {probes!r} must be a positive integer")
+    trained = tuple(m for m in methods if m != "none")
+    if not trained:
+        raise ConfigError("tune_lr needs at least one method that trains (all but none)")
+    accuracy = {m: [] for m in trained}
+    for v in grid:
+        ev = evaluate(model, dataset, trained, probes, seed=probe_seed, lr=float(v), **kw)
+        for row in ev.rows():
+            accuracy[row["method"]].append((float(v), row["acc"], row["ci95"]))
+    chosen = {}
+    for m, accs in accuracy.items():
+        best = max(a for _, a, _ in accs)
+        chosen[m] = min(v for v, a, _ in accs if a == best)
+    settings = {"data": dataset.name, "model": model.name, "probes": int(probes), "probe_seed": int(probe_seed),
+                "mode": mode, "optimizer": opt, "steps": kw.get("steps", 40),
+                **{k: kw[k] for k in ("ways", "shots", "queries", "sampler") if k in kw}}
+    return LrTuning(chosen, grid, accuracy, settings)
+
+
 _ADAPT_KEYS = ("mode", "steps", "lr", "batch", "memory_budget", "compute_budget", "channel_ratio", "optimizer",
                "augment_kw", "scheme", "axis")
+
+
+def _check_lr(v, who):
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not (
+            math.isfinite(float(v)) and float(v) > 0):
+        raise ConfigError(f"learning rate {v!r} for {who} must be a positive finite number")
+
+
+def _lr_setting(lr, methods, default):
+    """The lr of the settings record: one number, or {method: lr} for the trained methods."""
+    if lr is None:
+        return default
+    if isinstance(lr, dict):
+        return {m: float(lr.get(m, default)) for m in methods if m != "none"}
+    return float(lr)
 
 
 def _episode_seed(seed, i):
@@ -545,10 +655,19 @@ def _episode_seed(seed, i):
     return int(np.random.default_rng([seed, i, 1]).integers(2 ** 63))
 
 
+def _method_kw(adapt_kw, method):
+    """adapt_kw for one method: an lr given per method ({method: lr}) becomes that method's lr (a method
+    without an entry gets the default)."""
+    lr = adapt_kw.get("lr")
+    if not isinstance(lr, dict):
+        return adapt_kw
+    return {**adapt_kw, "lr": lr.get(method)}
+
+
 def _run_task(model, episode, method, index, seed, adapt_kw):
     """adapt_episode, tagged with the episode index; an error names the method and episode."""
     try:
-        r = adapt_episode(model, episode, method, seed=seed, **adapt_kw)
+        r = adapt_episode(model, episode, method, seed=seed, **_method_kw(adapt_kw, method))
     except MicrotrainError as e:
         raise type(e)(f"{method}, episode {index}: {e}") from None
     r.episode = index

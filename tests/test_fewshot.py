@@ -15,7 +15,7 @@ from microtrain.cli import main
 from microtrain.data import parse_spec
 from microtrain.episodes import sample_nway_kshot
 from microtrain.fewshot import (METHODS, _chunked, adapt_episode, cosine_prototypes, evaluate, model_input,
-                                static_config)
+                                static_config, tune_lr)
 from microtrain.graph import graph_from_spec, with_classes
 from microtrain.model import load_model, random_model
 from microtrain.preprocess import quantize_table
@@ -202,6 +202,65 @@ def test_adapt_episode_fp32_and_zero_steps(model, dataset):
     assert z.acc_after == z.acc_before and z.batch == 4 and z.losses == ()
 
 
+# ---- learning rate per method ---------------------------------------------------------------------------------
+
+def test_lr_per_method_equals_separate_runs(model, dataset):
+    """lr={method: lr} runs each method exactly as a separate evaluation at that lr would."""
+    kw = dict(seed=5, progress=False, **FAST)
+    mixed = evaluate(model, dataset, ("lastlayer", "biasonly"), 2, lr={"lastlayer": 0.05, "biasonly": 0.005}, **kw)
+    a = evaluate(model, dataset, ("lastlayer",), 2, lr=0.05, **kw)
+    b = evaluate(model, dataset, ("biasonly",), 2, lr=0.005, **kw)
+    for sep in (a, b):
+        for r in sep.results:
+            twin = next(x for x in mixed.of(r.method) if x.episode == r.episode)
+            assert (twin.lr, twin.acc_after, twin.losses) == (r.lr, r.acc_after, r.losses)
+    assert mixed.settings["lr"] == {"lastlayer": 0.05, "biasonly": 0.005}
+    assert [r["lr"] for r in mixed.rows()] == [0.05, 0.005]
+    # a method without an entry runs at the default lr; lr for a method not evaluated is an error
+    part = evaluate(model, dataset, ("lastlayer", "biasonly"), 1, lr={"lastlayer": 0.05}, **kw)
+    assert part.of("biasonly")[0].lr == 0.02
+    with pytest.raises(errors.ConfigError, match="not evaluated: fulltrain"):
+        evaluate(model, dataset, ("lastlayer",), 1, lr={"fulltrain": 0.1}, **kw)
+    with pytest.raises(errors.ConfigError, match="positive finite"):
+        evaluate(model, dataset, ("lastlayer",), 1, lr={"lastlayer": -1.0}, **kw)
+
+
+def test_tune_lr_picks_the_best_probe_accuracy(model, dataset):
+    """tune_lr's choice is, per method, the arg-max of evaluate's own accuracy on the probe episodes (seed
+    probe_seed), recomputed here independently; the probe episodes are not the evaluation's."""
+    kw = dict(progress=False, **FAST)
+    grid = (0.001, 0.05, 0.5)
+    t = tune_lr(model, dataset, ("none", "lastlayer", "fulltrain"), grid=grid, probes=2, probe_seed=77, **kw)
+    assert set(t.chosen) == {"lastlayer", "fulltrain"} and t.grid == grid
+    for m in ("lastlayer", "fulltrain"):
+        accs = [evaluate(model, dataset, (m,), 2, seed=77, lr=v, **kw).rows()[0]["acc"] for v in grid]
+        assert [a for _, a, _ in t.accuracy[m]] == accs
+        assert t.chosen[m] == grid[int(np.argmax(accs))]  # argmax keeps the first (smallest lr) of ties
+    assert "chosen" in t.format() and "| lastlayer |" in t.to_markdown()
+    json.dumps(t.to_dict(), allow_nan=False)
+    with pytest.raises(errors.ConfigError, match="probe_seed"):
+        tune_lr(model, dataset, ("lastlayer",), grid=grid, seed=0, **kw)
+    with pytest.raises(errors.ConfigError, match="twice"):
+        tune_lr(model, dataset, ("lastlayer",), grid=(0.1, 0.1), **kw)
+    with pytest.raises(errors.ConfigError, match="trains"):
+        tune_lr(model, dataset, ("none",), grid=grid, **kw)
+
+
+def test_cli_evaluate_tune_lr(files, capsys, tmp_path):
+    rc, out, err = run(capsys, "evaluate", files["spec"], "--weights", files["weights"], "--data",
+                       f"folder:{files['data']}", "--methods", "none,lastlayer", "--episodes", 1, "--ways", 3,
+                       "--shots", 2, "--queries", 3, "--steps", 2, "--tune-lr", "0.01,0.1", "--probes", 1, "--quiet",
+                       "--out", tmp_path / "res")
+    assert rc == 0, err
+    assert "learning rate per method on 1 probe episodes (seed 1000)" in out
+    assert "## Learning rate per method" in (tmp_path / "res" / "results.md").read_text()
+    rc, out, err = run(capsys, "evaluate", files["spec"], "--weights", files["weights"], "--data",
+                       f"folder:{files['data']}", "--methods", "lastlayer", "--episodes", 1, "--ways", 3,
+                       "--shots", 2, "--queries", 3, "--steps", 1, "--lr", "lastlayer=0.05", "--json", "--quiet")
+    assert rc == 0, err
+    assert json.loads(out)["settings"]["lr"] == {"lastlayer": 0.05}
+
+
 # ---- bad input -------------------------------------------------------------------------------------------
 
 def test_bad_requests(model, dataset):
@@ -270,6 +329,9 @@ def test_cli_evaluate_json_and_out(files, tmp_path, capsys):
     (("--ways", 9), "classes"),
     (("--methods", "tinytrain", "--memory-budget", 2000), "below the smallest training plan"),
     (("--meta-dataset",), "--meta-dataset draws"),
+    (("--lr", "fast"), "--lr 'fast'"),
+    (("--lr", "0.1", "--tune-lr"), "drop --lr"),
+    (("--tune-lr", "0.1,x"), "--tune-lr '0.1,x'"),
 ])
 def test_cli_evaluate_bad_input(files, capsys, extra, message):
     base = ["evaluate", files["spec"], "--weights", files["weights"], "--data", f"folder:{files['data']}",
