@@ -16,10 +16,8 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import njit
 
 from microtrain.arena import Arena
-from microtrain.config import NJIT
 from microtrain.errors import ArenaOverflowError, ConfigError, InputError
 from microtrain.graph import CONV_KINDS, with_classes
 from microtrain.kernels.add import add_f32, add_s8
@@ -30,6 +28,7 @@ from microtrain.kernels.depthwise import depthwise_conv_f32, depthwise_conv_s8
 from microtrain.kernels.depthwise_backward import depthwise_conv_f32_backward_input
 from microtrain.kernels.elementwise_backward import (accumulate_f32, mask_unpack_backward_f32, scale_channels_f32,
                                                      scale_f32)
+from microtrain.kernels.fisher import channel_fisher_f32
 from microtrain.kernels.fully_connected import fully_connected_f32
 from microtrain.kernels.fully_connected_backward import fully_connected_f32_backward_input
 from microtrain.kernels.loss import softmax_cross_entropy_f32
@@ -54,40 +53,6 @@ ACTIVATION = (
     "mask; the backward gives g = mask * dL_n/dy, the gradient w.r.t. the pre-clamp value. Where the mask is 1 the "
     "clamp did not bind, so y equals the pre-clamp value; where it is 0, g = 0. Hence sum_d y_d g_d equals "
     "sum_d z_d g_d for the pre-activation output z exactly, without saving z.")
-
-
-# ---------------------------------------------------------------------------------------------
-# The one kernel the pass adds (a C twin would sit next to the others in kernels/)
-# ---------------------------------------------------------------------------------------------
-
-@njit(**NJIT)
-def channel_fisher_f32(acc, s, a, a_zp, a_scale, g):
-    """acc[c] += (a_scale * sum_{h,w} (a[n,h,w,c] - a_zp) * g[n,h,w,c])^2 for every sample n, `+=` accumulate.
-
-    The per-sample, per-channel term of Δ_c = 1/(2N) sum_n (sum_d a_nd g_nd)^2; the caller divides by 2N.
-    Layout:    acc (C,) f32 accumulated; s (C,) f32 scratch, overwritten; a (N, H, W, C) int8 (int8 mode:
-               a_real = a_scale * (a - a_zp)) or f32 (a_zp = 0, a_scale = 1); g (N, H, W, C) f32, the masked gradient.
-    Numerics:  float32 throughout: a - a_zp is exact (|a - a_zp| <= 255); per sample, sum over (h, w) in row-major
-               order into s[c], then one multiply by a_scale, square, add into acc[c]; samples in order n = 0, 1, ...
-               so splitting the support set into chunks run in order gives bit-identical acc.
-    Ownership: reads a and g, writes s, accumulates acc; allocates nothing. Serial (deterministic).
-    """
-    N, H, W, C = g.shape
-    if a.shape[0] != N or a.shape[1] != H or a.shape[2] != W or a.shape[3] != C or acc.shape[0] != C \
-            or s.shape[0] != C:
-        raise ValueError("channel_fisher_f32: inconsistent shapes")
-    zp = g.dtype.type(a_zp)
-    sc = g.dtype.type(a_scale)
-    for n in range(N):
-        for c in range(C):
-            s[c] = 0
-        for h in range(H):
-            for w in range(W):
-                for c in range(C):
-                    s[c] += (g.dtype.type(a[n, h, w, c]) - zp) * g[n, h, w, c]
-        for c in range(C):
-            v = s[c] * sc
-            acc[c] += v * v
 
 
 # ---------------------------------------------------------------------------------------------
