@@ -176,6 +176,34 @@ def cmd_plan(args):
 
 
 # ---------------------------------------------------------------------------------------------
+# export-c (microtrain.export_c)
+# ---------------------------------------------------------------------------------------------
+
+def cmd_export_c(args):
+    from microtrain.export_c import compile_c, export_training_step
+    from microtrain.sparse import load_config
+    from microtrain.train import TrainStep
+    from microtrain.train_plan import TrainOptions
+
+    model = _load(args)
+    cfg = load_config(args.config, model)
+    opts = TrainOptions(mode=args.mode, optimizer=args.optimizer, lr=args.lr, batch=args.batch).validate()
+    step = TrainStep(model, cfg, args.classes, opts)
+    written = export_training_step(step, args.out)
+    if args.check:  # compile every source once on the host, with the firmware flags
+        from pathlib import Path
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            compile_c([f for f in written if f.suffix == ".c"], Path(tmp) / "libmt.so", include_dirs=[args.out],
+                      shared=True)
+    print(f"{model.name} / {cfg.name} ({opts.mode}, {opts.optimizer}, lr {opts.lr}, batch {opts.batch}): "
+          f"{len(written)} files in {args.out}; arena {step.plan.peak:,} bytes, flash {step.flash_bytes():,} bytes"
+          + ("; compiled cleanly" if args.check else ""))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # select / evaluate (few-shot, microtrain.fewshot)
 # ---------------------------------------------------------------------------------------------
 
@@ -186,6 +214,39 @@ def _fewshot_data(args, model):
     if h != w:
         raise InputError(f"{model.name} takes {h}x{w} images; the few-shot datasets are square")
     return parse_spec(args.data, h, seed=args.seed)
+
+
+def cmd_adapt(args):
+    from microtrain.adapt import adapt, save_adapted
+    from microtrain.fewshot import METHODS
+
+    if args.method not in METHODS:
+        raise InputError(f"unknown method {args.method!r}; use one of {', '.join(METHODS)}")
+    if args.weights is None:
+        raise InputError("microtrain adapt needs --weights: a tiny-training .pkl or a microtrain .npz (weights "
+                         "pretrained by the project itself are not shipped yet)")
+    if args.save and args.mode != "int8":
+        raise InputError("--save writes int8 weights; drop --mode fp32 or --save")
+    model = _load(args)
+    data = _fewshot_data(args, model)
+    kw = {"mode": args.mode, "scheme": args.scheme}
+    if args.lr is not None:
+        kw["lr"] = args.lr
+    report, step = adapt(model, data, method=args.method, ways=args.ways, shots=args.shots, queries=args.queries,
+                         seed=args.seed, steps=args.steps, batch=args.batch, memory_budget=args.memory_budget,
+                         progress=not (args.quiet or args.json), **kw)
+    if args.save:
+        save_adapted(step, model, args.save, meta={"method": args.method, "data": data.name, "seed": args.seed,
+                                                   "classes": list(report.class_names)})
+    if args.json:
+        d = report.to_dict()
+        d["saved"] = args.save
+        print(json.dumps(d, indent=1))
+    else:
+        print(report.format())
+        if args.save:
+            print(f"adapted weights and head written to {args.save}")
+    return 0
 
 
 def cmd_select(args):
@@ -390,6 +451,19 @@ def build_parser():
     s.add_argument("--header", help="write a C header with every buffer's offset and size and the arena size")
     s.set_defaults(func=cmd_plan)
 
+    s = sub.add_parser("export-c", help="C99 sources of one training step: weights in flash, one static arena")
+    s.add_argument("model")
+    s.add_argument("--weights", help="weights (.pkl or .npz); random int8 weights of the right shapes otherwise")
+    s.add_argument("--config", required=True, help="sparse config: a name (49kb, full, bias ...) or a YAML file")
+    s.add_argument("--out", required=True, metavar="DIR", help="folder for the C sources (created if missing)")
+    s.add_argument("--mode", choices=["int8", "fp32"], default="int8")
+    s.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    s.add_argument("--lr", type=float, default=0.01)
+    s.add_argument("--batch", type=int, default=1)
+    s.add_argument("--classes", type=int, default=10, help="classes of the trained head (default 10)")
+    s.add_argument("--check", action="store_true", help="compile the sources once with gcc (-Werror) after writing")
+    s.set_defaults(func=cmd_export_c)
+
     s = sub.add_parser("select", help="TinyTrain's layer/channel selection for one support set (Fisher pass + s_i)")
     s.add_argument("model")
     s.add_argument("--weights", required=True)
@@ -409,6 +483,27 @@ def build_parser():
     s.add_argument("--save", metavar="CFG.yaml", help="write the selected SparseConfig as YAML")
     s.set_defaults(func=cmd_select)
 
+    s = sub.add_parser("adapt", help="adapt a model to one few-shot episode and report memory, compute, accuracy")
+    s.add_argument("model", help="reference model name or a YAML spec")
+    s.add_argument("--weights", help="tiny-training .pkl or microtrain .npz")
+    s.add_argument("--data", required=True, help="omniglot:PATH, folder:PATH, glyphs:SCRIPTS or digits")
+    s.add_argument("--method", default="tinytrain", help="none, fulltrain, lastlayer, biasonly, sparseupdate, "
+                                                         "tinytrain (default), tinytrain-l2, tinytrain-random")
+    s.add_argument("--ways", type=int, default=5)
+    s.add_argument("--shots", type=int, default=5)
+    s.add_argument("--queries", type=int, default=15, help="queries per class (default 15)")
+    s.add_argument("--steps", type=int, default=25)
+    s.add_argument("--batch", type=int, default=5, help="support images per step (default 5)")
+    s.add_argument("--lr", type=float, help="learning rate (default: int8 SGD 0.005, fp32 Adam 1e-3)")
+    s.add_argument("--memory-budget", type=int, default=262_144, help="bytes, for tinytrain* (default 262144)")
+    s.add_argument("--mode", choices=["int8", "fp32"], default="int8")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--scheme", default="49kb", help="MIT scheme of sparseupdate: a name or YAML (default 49kb)")
+    s.add_argument("--save", metavar="OUT.npz", help="write the adapted weights and head (int8 mode)")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_adapt)
+
     s = sub.add_parser("evaluate", help="few-shot evaluation of adaptation methods over episodes")
     s.add_argument("model")
     s.add_argument("--weights", required=True)
@@ -423,10 +518,10 @@ def build_parser():
     s.add_argument("--meta-dataset", action="store_true", help="Meta-Dataset's varying-way varying-shot episodes")
     s.add_argument("--steps", type=int, default=40)
     s.add_argument("--lr", help="learning rate, one for all methods or per method (fulltrain=0.005,tinytrain=0.02); "
-                                "default: int8 SGD 0.02, fp32 Adam 1e-3")
+                                "default: int8 SGD 0.005, fp32 Adam 1e-3")
     s.add_argument("--tune-lr", nargs="?", const="default", metavar="GRID",
                    help="choose each method's lr on probe episodes first, from GRID (comma list; default int8 SGD "
-                        "0.005,0.02,0.05, fp32 Adam 1e-4,1e-3,1e-2)")
+                        "0.001,0.005,0.02,0.05, fp32 Adam 1e-4,1e-3,1e-2)")
     s.add_argument("--probes", type=int, default=3, help="probe episodes per lr for --tune-lr (default 3)")
     s.add_argument("--probe-seed", type=int, default=1000, help="seed of the probe episodes (default 1000)")
     s.add_argument("--optimizer", choices=["sgd", "adam"], help="default: sgd in int8 mode, adam in fp32 mode")

@@ -42,7 +42,7 @@ DEFAULT_MEMORY_BUDGET = 262_144  # bytes: the 256 KB SRAM of MIT's and TinyTrain
 # int8: SGD with QAS (tiny-training's on-device optimizer); fp32: Adam (P>M>F). fp32 SGD was not tuned: QAS
 # makes an int8 SGD step the fp32 SGD step in real units, so it gets the same lr.
 DEFAULT_OPTIMIZER = {"int8": "sgd", "fp32": "adam"}
-DEFAULT_LR = {("int8", "sgd"): 0.02, ("fp32", "sgd"): 0.02, ("int8", "adam"): 1e-3, ("fp32", "adam"): 1e-3}
+DEFAULT_LR = {("int8", "sgd"): 0.005, ("fp32", "sgd"): 0.005, ("int8", "adam"): 1e-3, ("fp32", "adam"): 1e-3}
 # Learning rates tried per method on probe episodes (tune_lr), per (mode, optimizer): P>M>F picks its lr per
 # domain from {1e-4, 1e-3, 1e-2} on a few validation episodes (background/tinytrain-paper.md §2.2); int8 SGD+QAS
 # steps in real units like fp32 SGD. On MCUNet + Omniglot probes (batch 5), int8 FullTrain collapsed to chance
@@ -199,8 +199,9 @@ def _fisher_and_selection(model, xs, ys, feats, n_classes, method, mode, opts1, 
 
 def adapt_episode(model, episode, method, *, mode="int8", steps=40, lr=None, batch=None,
                   memory_budget=DEFAULT_MEMORY_BUDGET, compute_budget=None, channel_ratio=0.5, optimizer=None, seed=0,
-                  augment_kw=None, progress=None, scheme="49kb", axis="input"):
-    """Adapt `model` (int8 Model, any classifier) to `episode` (episodes.Episode) with `method`; EpisodeResult.
+                  augment_kw=None, progress=None, scheme="49kb", axis="input", return_step=False):
+    """Adapt `model` (int8 Model, any classifier) to `episode` (episodes.Episode) with `method`; EpisodeResult
+    (with return_step=True: (EpisodeResult, the TrainStep holding the adapted weights and head)).
 
     1. Support and query images become the model's input (model_input: int8, or fp32 real values).
     2. A TrainStep with the method's SparseConfig and a cosine head runs at `batch` images per step
@@ -221,14 +222,13 @@ def adapt_episode(model, episode, method, *, mode="int8", steps=40, lr=None, bat
     5. acc_after: TrainStep.forward_logits on the query set in chunks of `batch` (the last padded).
 
     Defaults (our choices; TinyTrain publishes no fine-tuning hyper-parameters): int8 mode SGD with QAS
-    (tiny-training's on-device optimizer) at lr 0.02, fp32 mode Adam at lr 1e-3 (P>M>F's optimizer); head and
-    backbone share the lr. 40 steps (P>M>F's argparse default). Chosen on 3 probe episodes (seed 1000, not
-    the evaluation's) of 5-way 5-shot Omniglot with MIT's ImageNet MCUNet-5fps, methods lastlayer,
-    sparseupdate, tinytrain, fulltrain: int8 lr 0.01 / 0.02 / 0.05 / 0.2 / 0.5 and fp32 Adam 1e-4 / 1e-3 / 1e-2.
-    In int8 FullTrain collapses to chance at lr >= 0.05 (and in some episodes at 0.01-0.02), tinytrain at 0.5;
-    the sparse methods gain about equally over 0.02-0.2 (differences within the 95% CI), so 0.02 is the
-    largest lr that keeps every method working in most episodes. In fp32 FullTrain collapses at 1e-2; 1e-4
-    gains less than 1e-3. The prototypes are set once and then trained
+    (tiny-training's on-device optimizer) at lr 0.005, fp32 mode Adam at lr 1e-3 (P>M>F's optimizer); head and
+    backbone share the lr. 40 steps (P>M>F's argparse default). Better: a per-method lr from tune_lr on probe
+    episodes (docs/results.md). There, on MCUNet-5fps + Omniglot 5-way 5-shot (25 steps x batch 5, int8 SGD,
+    grid 0.001 / 0.005 / 0.02 / 0.05), tinytrain and its static-channel variants did best at 0.005, fulltrain
+    and biasonly at 0.001 (FullTrain collapsed to chance at 0.02 and 0.05 and in one of two probes at 0.005),
+    sparseupdate at 0.05; 0.005 is the default because it keeps the sparse methods near their best. In fp32
+    FullTrain collapses at Adam 1e-2; 1e-4 gains less than 1e-3. The prototypes are set once and then trained
     as head weights (P>M>F recomputes them from the current backbone every step: that needs a support forward
     per step, which a device would not spend). A batch-`batch` step has the same mean gradient a device gets
     by accumulating `batch` batch-1 passes (grad_accum_bytes more memory); its arena is run_peak_bytes.
@@ -294,7 +294,7 @@ def adapt_episode(model, episode, method, *, mode="int8", steps=40, lr=None, bat
         acc_after = acc_before
 
     trains = method != "none"
-    return EpisodeResult(
+    result = EpisodeResult(
         method=method, ways=n_classes, shots=tuple(int(v) for v in np.bincount(ys, minlength=n_classes)),
         queries=int(yq.size), acc_before=acc_before, acc_after=acc_after,
         peak_bytes=plan_training_step(graph, cfg, opts1)[0].peak if trains else None,
@@ -308,6 +308,7 @@ def adapt_episode(model, episode, method, *, mode="int8", steps=40, lr=None, bat
         selection=None if sel is None else sel.format_table(),
         selected=tuple(lu.conv_index for lu in cfg.layers) if trains else (),
         losses=tuple(losses))
+    return (result, step) if return_step else result
 
 
 # ---------------------------------------------------------------------------------------------

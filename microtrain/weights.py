@@ -220,6 +220,8 @@ def load_npz(graph, path):
             params.setdefault(parts[1], {})[parts[2]] = a
         elif parts[0] == "quant" and len(parts) == 2 and a.shape == (2,):
             quant[parts[1]] = (float(a[0]), int(a[1]))
+        elif k in ("head/weight", "head/bias"):
+            continue  # an adapted few-shot head (microtrain.adapt.save_adapted); read by adapt.load_adapted
         else:
             raise WeightFileError(f"{path}: unexpected entry {k!r}")
     extra = set(params) - {op.name for op in graph.ops if op.has_weights}

@@ -218,7 +218,7 @@ def test_lr_per_method_equals_separate_runs(model, dataset):
     assert [r["lr"] for r in mixed.rows()] == [0.05, 0.005]
     # a method without an entry runs at the default lr; lr for a method not evaluated is an error
     part = evaluate(model, dataset, ("lastlayer", "biasonly"), 1, lr={"lastlayer": 0.05}, **kw)
-    assert part.of("biasonly")[0].lr == 0.02
+    assert part.of("biasonly")[0].lr == 0.005  # DEFAULT_LR[("int8", "sgd")]
     with pytest.raises(errors.ConfigError, match="not evaluated: fulltrain"):
         evaluate(model, dataset, ("lastlayer",), 1, lr={"fulltrain": 0.1}, **kw)
     with pytest.raises(errors.ConfigError, match="positive finite"):
