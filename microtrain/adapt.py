@@ -14,7 +14,8 @@ import numpy as np
 
 from microtrain.episodes import sample_nway_kshot
 from microtrain.errors import ConfigError, WeightFileError
-from microtrain.fewshot import DEFAULT_MEMORY_BUDGET, _episode_seed, _Progress, adapt_episode
+from microtrain.fewshot import (DEFAULT_MEMORY_BUDGET, TINYTRAIN_CHANNELS, _check_budget, _episode_seed, _Progress,
+                                adapt_episode)
 from microtrain.weights import _atomic_write, load_npz, save_npz
 
 # Envelopes the report compares the plan with: the SRAM of an MCU-class device (TinyTrain's "1 MB memory
@@ -71,6 +72,8 @@ def adapt(model, dataset, *, method="tinytrain", ways=5, shots=5, queries=15, se
     if dataset.size != side:
         raise ConfigError(f"{dataset.name} is loaded at {dataset.size}x{dataset.size}; {model.name} takes {side}")
     ep = sample_nway_kshot(dataset, ways, shots, queries, np.random.default_rng([seed, 0]))
+    if method in TINYTRAIN_CHANNELS:  # a budget below the smallest plan fails here, with the minimum
+        _check_budget(model, ways, {"memory_budget": memory_budget, **adapt_kw})
     bar = _Progress(steps, progress and method != "none" and steps > 0)
     try:
         result, step = adapt_episode(model, ep, method, steps=steps, batch=batch, memory_budget=memory_budget,

@@ -130,7 +130,8 @@ def test_cli_adapt(files, tmp_path, capsys):
 ])
 def test_cli_adapt_bad_input(files, capsys, extra, message):
     rc, out, err = run(capsys, "adapt", files["spec"], "--weights", files["weights"], "--data",
-                       f"folder:{files['data']}", "--shots", 2, "--queries", 3, "--steps", 1, "--quiet", *extra)
+                       f"folder:{files['data']}", "--ways", 3, "--shots", 2, "--queries", 3, "--steps", 1, "--quiet",
+                       *extra)
     assert rc == 2 and message in err and "Traceback" not in err
 
 
