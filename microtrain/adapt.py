@@ -16,7 +16,8 @@ from microtrain.episodes import sample_nway_kshot
 from microtrain.errors import ConfigError, WeightFileError
 from microtrain.fewshot import (DEFAULT_MEMORY_BUDGET, TINYTRAIN_CHANNELS, _check_budget, _episode_seed, _Progress,
                                 adapt_episode)
-from microtrain.weights import _atomic_write, load_npz, save_npz
+from microtrain.model import Model
+from microtrain.weights import load_npz, save_npz
 
 # Envelopes the report compares the plan with: the SRAM of an MCU-class device (TinyTrain's "1 MB memory
 # envelope") and the 256 KB of MIT's and TinyTrain's smallest targets.
@@ -93,26 +94,14 @@ def save_adapted(step, base_model, path, meta=None):
     trained weights and biases, the base model's own classifier (so the file loads as a normal model of that
     graph), and the adapted fp32 cosine head as `head/weight` (ways, features) and `head/bias` (ways,).
     Read it back with load_adapted. Needs an int8-mode step."""
-    import json
-
     trained, (hw, hb) = step.trained_model()
     params = dict(trained.params)
     cls = base_model.graph.classifier.name
     params[cls] = base_model.params[cls]
-    out = type(trained)(base_model.graph, params, trained.quant, dict(base_model.meta or {}))
+    out = Model(base_model.graph, params, trained.quant, dict(base_model.meta or {}))
     info = {"adapted": dict(meta or {}), "head": "cosine", "head_classes": int(hw.shape[0])}
-
-    def write(tmp):
-        save_npz(out, tmp, extra_meta=info)
-        with np.load(tmp, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        arrays["head/weight"] = np.ascontiguousarray(hw, np.float32)
-        arrays["head/bias"] = np.ascontiguousarray(hb, np.float32)
-        np.savez(tmp, **arrays)
-        with np.load(tmp, allow_pickle=False) as z:  # the file must read back (json meta, plain arrays)
-            json.loads(z["meta"].tobytes().decode())
-
-    return _atomic_write(path, ".tmp.npz", write)
+    head = {"head/weight": np.ascontiguousarray(hw, np.float32), "head/bias": np.ascontiguousarray(hb, np.float32)}
+    return save_npz(out, path, extra_meta=info, extra_arrays=head)
 
 
 def load_adapted(graph, path):

@@ -175,9 +175,10 @@ def _same_q(a, b):
 # microtrain .npz
 # ---------------------------------------------------------------------------------------------
 
-def save_npz(model, path, extra_meta=None):
-    """Write `model` as microtrain's .npz, atomically (temporary file, then rename)."""
-    arrays = {}
+def save_npz(model, path, extra_meta=None, extra_arrays=None):
+    """Write `model` as microtrain's .npz, atomically (temporary file, then rename). extra_arrays: more named
+    arrays for the same file (only names load_npz knows to skip, e.g. an adapted head's "head/weight")."""
+    arrays = dict(extra_arrays or {})
     for name, p in model.params.items():
         for key, a in p.items():
             arrays[f"param/{name}/{key}"] = np.ascontiguousarray(a)

@@ -15,7 +15,7 @@ from microtrain.data import parse_spec
 from microtrain.episodes import sample_nway_kshot
 from microtrain.fewshot import _episode_seed, adapt_episode, model_input
 from microtrain.graph import graph_from_spec
-from microtrain.model import random_model
+from microtrain.model import load_model, random_model
 from microtrain.sparse import full_train
 from microtrain.train import TrainStep
 from microtrain.train_plan import TrainOptions
@@ -67,7 +67,7 @@ def test_adapt_is_episode_zero_of_evaluate(model, dataset):
     json.dumps(report.to_dict(), allow_nan=False)
 
 
-def test_save_and_load_adapted_reproduce_logits(model, dataset, tmp_path):
+def test_save_and_load_adapted_reproduce_logits(model, dataset, files, tmp_path):
     """The saved backbone + head give the adapted step's query logits bit for bit (a fresh step on the loaded
     weights, FullTrain config so every weight is a trainable copy, head set from the file)."""
     report, step = adapt(model, dataset, method="fulltrain", seed=2, **FAST)
@@ -86,14 +86,7 @@ def test_save_and_load_adapted_reproduce_logits(model, dataset, tmp_path):
     ref.set_head(hw, hb)
     assert not np.array_equal(ref.forward_logits(x), fresh.forward_logits(x))  # the weights did change
     # the file is also a plain weight file of the base graph (load_npz skips the head)
-    from microtrain.model import load_model
-    assert load_model(str(SPEC_PATH(tmp_path)), path).name == model.name
-
-
-def SPEC_PATH(tmp_path):
-    p = tmp_path / "spec.yaml"
-    p.write_text(yaml.safe_dump(SPEC))
-    return p
+    assert load_model(str(files["spec"]), path).name == model.name
 
 
 def test_load_adapted_refuses_a_plain_weight_file(model, files):
