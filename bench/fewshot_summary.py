@@ -25,7 +25,8 @@ PAIRS = (("tinytrain", "fulltrain"), ("tinytrain", "sparseupdate"), ("tinytrain"
 
 
 def load(d):
-    return json.loads((Path(d) / "results.json").read_text())
+    p = Path(d)
+    return json.loads((p if p.is_file() else p / "results.json").read_text())  # a DIR or its results.json copy
 
 
 def by_method(res):

@@ -11,12 +11,22 @@ import sys
 import numpy as np
 
 from microtrain.errors import InputError, MicrotrainError
+from microtrain.reference_models import HELD_OUT_SCRIPTS, SHIPPED_WEIGHTS, TRAIN_SCRIPTS, shipped_weights
+
+# `microtrain adapt` with no --data: glyph scripts the shipped weights never saw in pretraining
+DEFAULT_ADAPT_DATA = "glyphs:" + ",".join(HELD_OUT_SCRIPTS)
 
 
 def _load(args):
     from microtrain.model import load_model
 
-    return load_model(args.model, getattr(args, "weights", None))
+    weights = getattr(args, "weights", None)
+    if weights == "shipped":  # the project's own pretrained weights (reference_models/, MODEL_CARD.md)
+        weights = shipped_weights(args.model)
+        if weights is None:
+            raise InputError(f"the project ships no weights for {args.model!r} (only for "
+                             f"{', '.join(SHIPPED_WEIGHTS)}); give a tiny-training .pkl or a microtrain .npz")
+    return load_model(args.model, weights)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,13 +232,23 @@ def cmd_adapt(args):
 
     if args.method not in METHODS:
         raise InputError(f"unknown method {args.method!r}; use one of {', '.join(METHODS)}")
-    if args.weights is None:
-        raise InputError("microtrain adapt needs --weights: a tiny-training .pkl or a microtrain .npz (weights "
-                         "pretrained by the project itself are not shipped yet)")
     if args.save and args.mode != "int8":
         raise InputError("--save writes int8 weights; drop --mode fp32 or --save")
+    shipped = args.weights in (None, "shipped")
+    if args.weights is None:
+        if shipped_weights(args.model) is None:
+            raise InputError(f"the project ships no weights for {args.model!r} (only for "
+                             f"{', '.join(SHIPPED_WEIGHTS)}); pass --weights: a tiny-training .pkl or a microtrain .npz")
+        args.weights = "shipped"
+    if args.data is None:
+        args.data = DEFAULT_ADAPT_DATA
     model = _load(args)
     data = _fewshot_data(args, model)
+    if shipped and args.data.startswith("glyphs:"):
+        seen = set(args.data[len("glyphs:"):].split(",")) & set(TRAIN_SCRIPTS + ("all",))
+        if seen:
+            print(f"note: the shipped weights were pretrained on the glyph scripts {', '.join(sorted(seen))}; "
+                  f"this is not a held-out domain (held out: {', '.join(HELD_OUT_SCRIPTS)})", file=sys.stderr)
     kw = {"mode": args.mode, "scheme": args.scheme}
     if args.lr is not None:
         kw["lr"] = args.lr
@@ -416,7 +436,7 @@ def build_parser():
 
     s = sub.add_parser("predict", help="top-K classes of images with an int8 model")
     s.add_argument("model")
-    s.add_argument("--weights", required=True)
+    s.add_argument("--weights", required=True, help="tiny-training .pkl, microtrain .npz, or 'shipped'")
     s.add_argument("images", nargs="+", help="image files (.npy HxWx3 uint8, .png, .ppm/.pgm; JPEG with Pillow)")
     s.add_argument("--top", type=int, default=5)
     s.add_argument("--json", action="store_true")
@@ -424,7 +444,7 @@ def build_parser():
 
     s = sub.add_parser("infer", help="int8 in (N,H,W,C) .npy -> int8 logits (N,classes) .npy")
     s.add_argument("model")
-    s.add_argument("--weights", required=True)
+    s.add_argument("--weights", required=True, help="tiny-training .pkl, microtrain .npz, or 'shipped'")
     s.add_argument("--input", required=True, help="int8 .npy already in the model's input quantization")
     s.add_argument("--output", required=True, help="where to write the int8 logits .npy")
     s.set_defaults(func=cmd_infer)
@@ -466,7 +486,7 @@ def build_parser():
 
     s = sub.add_parser("select", help="TinyTrain's layer/channel selection for one support set (Fisher pass + s_i)")
     s.add_argument("model")
-    s.add_argument("--weights", required=True)
+    s.add_argument("--weights", required=True, help="tiny-training .pkl, microtrain .npz, or 'shipped'")
     s.add_argument("--data", required=True, help="omniglot:PATH, folder:PATH, glyphs:SCRIPTS or digits")
     s.add_argument("--ways", type=int, default=5)
     s.add_argument("--shots", type=int, default=5)
@@ -484,9 +504,12 @@ def build_parser():
     s.set_defaults(func=cmd_select)
 
     s = sub.add_parser("adapt", help="adapt a model to one few-shot episode and report memory, compute, accuracy")
-    s.add_argument("model", help="reference model name or a YAML spec")
-    s.add_argument("--weights", help="tiny-training .pkl or microtrain .npz")
-    s.add_argument("--data", required=True, help="omniglot:PATH, folder:PATH, glyphs:SCRIPTS or digits")
+    s.add_argument("model", nargs="?", default="mcunet-5fps",
+                   help="reference model name or a YAML spec (default mcunet-5fps)")
+    s.add_argument("--weights", help="tiny-training .pkl or microtrain .npz (default: the project's shipped "
+                                     "weights, pretrained on rendered glyphs; mcunet-5fps only)")
+    s.add_argument("--data", help="omniglot:PATH, folder:PATH, glyphs:SCRIPTS or digits (default: "
+                                  f"{DEFAULT_ADAPT_DATA}, scripts the shipped weights never saw)")
     s.add_argument("--method", default="tinytrain", help="none, fulltrain, lastlayer, biasonly, sparseupdate, "
                                                          "tinytrain (default), tinytrain-l2, tinytrain-random")
     s.add_argument("--ways", type=int, default=5)
@@ -506,7 +529,7 @@ def build_parser():
 
     s = sub.add_parser("evaluate", help="few-shot evaluation of adaptation methods over episodes")
     s.add_argument("model")
-    s.add_argument("--weights", required=True)
+    s.add_argument("--weights", required=True, help="tiny-training .pkl, microtrain .npz, or 'shipped'")
     s.add_argument("--data", required=True, help="omniglot:PATH, folder:PATH, glyphs:SCRIPTS or digits")
     s.add_argument("--methods", default="all",
                    help="comma list of none, fulltrain, lastlayer, biasonly, sparseupdate, tinytrain, tinytrain-l2, "

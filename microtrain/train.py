@@ -466,6 +466,12 @@ class TrainStep:
         feat = self.graph.classifier.inputs[0]
         return (self.v("head:feat") if self.opts.mode == "int8" else self._act(feat)).copy()
 
+    def set_lr(self, lr):
+        """Learning rate of the following steps (a schedule); validated like TrainOptions.lr."""
+        import dataclasses
+
+        self.opts = dataclasses.replace(self.opts, lr=lr).validate()
+
     def set_head(self, W, b):
         """Replace the head's trainable weights (K, C) and bias (K,), e.g. with prototypes; resets Adam state."""
         W, b = np.asarray(W, F32), np.asarray(b, F32)

@@ -130,4 +130,11 @@ def test_cli_adapt_bad_input(files, capsys, extra, message):
 
 def test_cli_adapt_needs_weights(files, capsys):
     rc, out, err = run(capsys, "adapt", files["spec"], "--data", f"folder:{files['data']}")
-    assert rc == 2 and "needs --weights" in err
+    assert rc == 2 and "ships no weights" in err and "pass --weights" in err
+
+
+def test_cli_weights_shipped_names_the_models_that_have_them(capsys):
+    rc, out, err = run(capsys, "info", "mbv2-w0.35", "--weights", "shipped")
+    assert rc == 2 and "ships no weights for 'mbv2-w0.35'" in err and "mcunet-5fps" in err
+    rc, out, err = run(capsys, "adapt", "proxyless-w0.3", "--quiet")
+    assert rc == 2 and "pass --weights" in err
