@@ -10,6 +10,8 @@ multipliers and shifts, QAS coefficients, kept-channel index lists) are flash to
 as const arrays; TinyEngine does the same with its scales).
 """
 
+import dataclasses
+
 import numpy as np
 
 from microtrain.arena import Arena
@@ -467,9 +469,8 @@ class TrainStep:
         return (self.v("head:feat") if self.opts.mode == "int8" else self._act(feat)).copy()
 
     def set_lr(self, lr):
-        """Learning rate of the following steps (a schedule); validated like TrainOptions.lr."""
-        import dataclasses
-
+        """Learning rate of the following steps (a schedule); validated like TrainOptions.lr (ConfigError,
+        and the step keeps its lr)."""
         self.opts = dataclasses.replace(self.opts, lr=lr).validate()
 
     def set_head(self, W, b):

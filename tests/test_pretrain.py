@@ -124,3 +124,13 @@ def test_script_writes_int8_weights_that_load(stream, tmp_path):
     assert m.meta["held_out_scripts"] == list(HELD_OUT_SCRIPTS)
     assert set(m.meta["pretrain_report"]) >= {"top1_val_fp32", "top1_val_int8", "train_seconds"}
     json.dumps(m.meta)
+
+
+def test_set_lr_sets_the_lr_and_refuses_bad_values(stream):
+    step = pt.train(GRAPH, stream, steps=1, batch=2, lr=1e-3, seed=0, warmup=1, log=lambda s: None)
+    step.set_lr(0.25)
+    assert step.opts.lr == 0.25
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(errors.ConfigError, match="learning rate"):
+            step.set_lr(bad)
+        assert step.opts.lr == 0.25
