@@ -438,10 +438,17 @@ class _Progress:
             return
         frac = self.done / max(self.total, 1)
         bar = "#" * int(round(frac * self.width))
-        el = time.perf_counter() - self.t0
-        eta = el / self.done * (self.total - self.done)
+        now = time.perf_counter()
+        el = now - self.t0
+        if self.done == 1:
+            # the rate is measured from the first item on: what comes before it (the Fisher pass, the first
+            # run's kernel compilation) would make the estimate far too long
+            self.t1 = now
+            left = "estimating time left"
+        else:
+            left = f"~{(now - self.t1) / (self.done - 1) * (self.total - self.done):.0f} s left"
         self.stream.write(f"\r[{bar:<{self.width}}] {self.done}/{self.total} {label:<24.24} "
-                          f"{el:7.0f} s elapsed, ~{eta:.0f} s left ")
+                          f"{el:7.0f} s elapsed, {left} ")
         if self.done == self.total:
             self.stream.write("\n")
         self.stream.flush()

@@ -167,7 +167,7 @@ def lr_at(step, steps, peak, warmup):
     return peak * (0.05 + 0.95 * 0.5 * (1.0 + np.cos(np.pi * min(t, 1.0))))
 
 
-def select_classes(graph_name, classes, seed, canvas=CANVAS):
+def select_classes(classes, seed, canvas=CANVAS):
     """(renderer, code points of the training classes): `classes` characters of TRAIN_SCRIPTS, drawn with seed."""
     from microtrain.data import _GlyphRenderer
 
@@ -287,7 +287,7 @@ def run(args):
     graph = load_graph(args.model)
     classes = args.classes or graph.classifier.cout
     side = graph.input_shape[0]
-    renderer, code_points = select_classes(graph.name, classes, args.seed)
+    renderer, code_points = select_classes(classes, args.seed)
     stream = GlyphStream(code_points, renderer, side, args.seed)
     if args.workdir:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)

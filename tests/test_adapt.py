@@ -138,3 +138,19 @@ def test_cli_weights_shipped_names_the_models_that_have_them(capsys):
     assert rc == 2 and "ships no weights for 'mbv2-w0.35'" in err and "mcunet-5fps" in err
     rc, out, err = run(capsys, "adapt", "proxyless-w0.3", "--quiet")
     assert rc == 2 and "pass --weights" in err
+
+
+def test_progress_estimate_starts_at_the_first_item():
+    """Time spent before the first item (the Fisher pass, a cold kernel compile) does not enter the estimate."""
+    import io
+
+    from microtrain.fewshot import _Progress
+
+    s = io.StringIO()
+    bar = _Progress(3, True, stream=s)
+    bar.t0 -= 1000.0  # as if the first item came after 1,000 s of compilation
+    bar.update("a")
+    assert "estimating time left" in s.getvalue()
+    bar.update("b")
+    left = float(s.getvalue().rsplit("~", 1)[1].split(" s left")[0])
+    assert left < 100 and "1000 s elapsed" in s.getvalue()

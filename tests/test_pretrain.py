@@ -66,7 +66,7 @@ def test_augment_is_seeded_and_changes_the_image():
 def stream():
     pytest.importorskip("PIL", reason="glyphs need Pillow")
     pytest.importorskip("matplotlib", reason="glyphs need matplotlib's DejaVu fonts")
-    renderer, code_points = pt.select_classes(GRAPH.name, 10, seed=0)
+    renderer, code_points = pt.select_classes(10, seed=0)
     return pt.GlyphStream(code_points, renderer, GRAPH.input_shape[0], seed=0)
 
 
@@ -76,7 +76,7 @@ def test_classes_are_drawn_from_the_training_scripts_only(stream):
     held = {u for s in HELD_OUT_SCRIPTS for lo, hi in SCRIPTS[s] for u in range(lo, hi + 1)}
     assert len(set(stream.code_points)) == 10 and not set(stream.code_points) & held
     with pytest.raises(errors.InputError, match="classes asked"):
-        pt.select_classes(GRAPH.name, 100_000, seed=0)
+        pt.select_classes(100_000, seed=0)
 
 
 def test_stream_batches_are_reproducible(stream):

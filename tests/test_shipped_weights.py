@@ -40,7 +40,7 @@ def test_shipped_weights_classify_fresh_renderings(model):
     pytest.importorskip("PIL", reason="glyphs need Pillow")
     pytest.importorskip("matplotlib", reason="glyphs need matplotlib's DejaVu fonts")
     seed = int(model.meta["source"].split("seed ")[1].split(",")[0])
-    renderer, code_points = pt.select_classes(model.name, 1000, seed)
+    renderer, code_points = pt.select_classes(1000, seed)
     assert [f"U+{u:04X}" for u in code_points] == model.meta["classes"]  # the script rebuilds the same classes
     stream = pt.GlyphStream(code_points, renderer, 128, seed)
     classes = np.arange(0, 1000, 5)
