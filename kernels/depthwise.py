@@ -1,6 +1,7 @@
 """Depthwise 2-D convolution forward (depth multiplier 1), int8 (per-channel requantization) and fp32, NHWC.
 
-Any kernel size and stride (MCUNet uses k 3/5/7, stride 1/2), symmetric explicit padding; direct loops, no scratch.
+Any kernel size and stride (MCUNet uses k 3/5/7, stride 1/2), symmetric explicit padding; direct loops with channels
+innermost (vectorised): int8 sums into a per-thread stack row of int32 (kernels/scratch.py), fp32 into y's own row.
 C twins: mt_depthwise_conv_s8, mt_depthwise_conv_f32 (docs/porting.md).
 """
 
@@ -11,6 +12,7 @@ from microtrain.config import NJIT_PARALLEL
 
 from .mask import mask_check, mask_flush_row, mask_put_bit
 from .requant import INT32_MIN, clamp, mbqm
+from .scratch import SCRATCH_ACC, scratch_acc_i32
 
 
 @njit(**NJIT_PARALLEL)
@@ -33,9 +35,11 @@ def depthwise_conv_s8(y, mask, x, w, bias, mult, shift, x_zp, y_zp, act_min, act
     Overflow:  |w * (x - x_zp)| <= 128 * 255 = 32640; a 7x7 window sums to at most 49 * 32640 = 1,599,360 < 2^21.
                acc + bias can overflow: int32 biases at the limits occur in the real tiny-training weights
                (dead channels), and TFLM's int32 `acc += bias` then wraps modulo 2^32 (UB in C, two's complement
-               on every TFLM target). Accumulated here in int64 (every int8 load widened), then acc + bias is
-               wrapped to int32 explicitly, so that case matches too. mbqm's pre-shift acc * 2^max(shift, 0) is
-               not wrapped: it must fit int32 (true whenever the effective scale is < 1).
+               on every TFLM target). The taps are summed in int32 (every int8 load widened to int32; exact,
+               the bound above), in a per-thread stack row of channels (kernels/scratch.py) so the multiply-adds
+               vectorise across channels; then acc + bias in int64 is wrapped to int32 explicitly, so that case
+               matches too. mbqm's pre-shift acc * 2^max(shift, 0) is not wrapped: it must fit int32 (true
+               whenever the effective scale is < 1).
     Zero points: x_zp, y_zp are zero points; TFLM/CMSIS-NN pass input_offset = -x_zp.
     Parallel:  prange over (batch x output rows); disjoint rows of y and of mask (byte-aligned rows; deterministic).
     C twin:    mt_depthwise_conv_s8
@@ -50,34 +54,40 @@ def depthwise_conv_s8(y, mask, x, w, bias, mult, shift, x_zp, y_zp, act_min, act
             or bias.shape[0] != C or mult.shape[0] != C or shift.shape[0] != C):
         raise ValueError("depthwise_conv_s8: inconsistent shapes")
     write_mask = mask_check(mask, N * OH, OW, C)
-    xz = np.int64(x_zp)
+    xz = np.int32(x_zp)
     yz = np.int64(y_zp)
     for r in prange(N * OH):
+        acc = scratch_acc_i32()  # per-thread stack row of int32 accumulators, SCRATCH_ACC channels at a time
         n = r // OH
         oy = r - n * OH
         iy0 = oy * stride - pad
+        ky0 = max(0, -iy0)  # taps inside the image: iy = iy0 + ky in [0, H)
+        ky1 = min(KH, H - iy0)
         j = 0  # mask bit of (ox, c) in row r: ox * C + c
         byte = 0
         for ox in range(OW):
             ix0 = ox * stride - pad
-            for c in range(C):
-                acc = np.int64(0)
-                for ky in range(KH):
-                    iy = iy0 + ky
-                    if iy < 0 or iy >= H:
-                        continue  # tap in the padding contributes (x_zp - x_zp) * w = 0
-                    for kx in range(KW):
-                        ix = ix0 + kx
-                        if ix < 0 or ix >= W:
-                            continue
-                        acc += np.int64(w[ky, kx, c]) * (np.int64(x[n, iy, ix, c]) - xz)
-                acc += np.int64(bias[c])
-                acc = ((acc - INT32_MIN) & 0xFFFFFFFF) + INT32_MIN  # C's int32 acc + bias wraps (see Overflow)
-                v = mbqm(acc, mult[c], shift[c]) + yz
-                y[n, oy, ox, c] = np.int8(clamp(v, act_min, act_max))
-                if write_mask:
-                    byte = mask_put_bit(mask, r, j, byte, v >= act_min and v <= act_max)
-                    j += 1
+            kx0 = max(0, -ix0)
+            kx1 = min(KW, W - ix0)
+            for c0 in range(0, C, SCRATCH_ACC):
+                c1 = min(C, c0 + SCRATCH_ACC)
+                for c in range(c0, c1):
+                    acc[c - c0] = 0
+                # taps outside the image are skipped: padding with x_zp contributes (x_zp - x_zp) * w = 0
+                for ky in range(ky0, ky1):
+                    for kx in range(kx0, kx1):
+                        for c in range(c0, c1):  # contiguous channels: vectorised int32 multiply-add
+                            acc[c - c0] += np.int32(w[ky, kx, c]) * (np.int32(x[n, iy0 + ky, ix0 + kx, c]) - xz)
+                for c in range(c0, c1):
+                    a = np.int64(acc[c - c0]) + np.int64(bias[c])
+                    a = ((a - INT32_MIN) & 0xFFFFFFFF) + INT32_MIN  # C's int32 acc + bias wraps (see Overflow)
+                    v = mbqm(a, mult[c], shift[c]) + yz
+                    y[n, oy, ox, c] = np.int8(clamp(v, act_min, act_max))
+                    acc[c - c0] = np.int32(v >= act_min and v <= act_max)
+                if write_mask:  # a separate loop, so the one above stays branch-free in inference
+                    for c in range(c0, c1):
+                        byte = mask_put_bit(mask, r, j, byte, acc[c - c0] != 0)
+                        j += 1
         if write_mask:
             mask_flush_row(mask, r, j, byte)
 
@@ -112,20 +122,22 @@ def depthwise_conv_f32(y, x, w, bias, act_min, act_max, stride, pad):
         n = r // OH
         oy = r - n * OH
         iy0 = oy * stride - pad
+        ky0 = max(0, -iy0)  # taps inside the image (padding contributes 0)
+        ky1 = min(KH, H - iy0)
         for ox in range(OW):
             ix0 = ox * stride - pad
+            kx0 = max(0, -ix0)
+            kx1 = min(KW, W - ix0)
+            # y's own row is the accumulator: channels innermost (contiguous, vectorised), every element still
+            # summed over (ky, kx) in order from 0, then + bias, then clamped: the scalar loop's order exactly
             for c in range(C):
-                acc = np.float32(0.0)
-                for ky in range(KH):
-                    iy = iy0 + ky
-                    if iy < 0 or iy >= H:
-                        continue
-                    for kx in range(KW):
-                        ix = ix0 + kx
-                        if ix < 0 or ix >= W:
-                            continue
-                        acc += x[n, iy, ix, c] * w[ky, kx, c]
-                acc += bias[c]
+                y[n, oy, ox, c] = 0
+            for ky in range(ky0, ky1):
+                for kx in range(kx0, kx1):
+                    for c in range(C):
+                        y[n, oy, ox, c] += x[n, iy0 + ky, ix0 + kx, c] * w[ky, kx, c]
+            for c in range(C):
+                acc = y[n, oy, ox, c] + bias[c]
                 if acc < lo:
                     acc = lo
                 if acc > hi:

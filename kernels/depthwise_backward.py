@@ -10,6 +10,8 @@ from numba import njit, prange
 
 from microtrain.config import NJIT_PARALLEL
 
+from .scratch import PARALLEL_CHUNKS, SCRATCH_ACC, chunk_bounds, scratch_acc_like
+
 
 @njit(**NJIT_PARALLEL)
 def depthwise_conv_f32_backward_input(dx, dy, w, stride, pad):
@@ -77,7 +79,10 @@ def depthwise_conv_f32_backward_weight(dw, x_kept, x_zp, dy, keep, stride, pad):
     Exactness: each element is one sum over (n, oy, ox) in that fixed order, so the sparse result equals the dense
                dW[:, :, keep] bit for bit.
     Ownership: writes every element of dw (`=`); allocates nothing.
-    Parallel:  prange over the kept channels k; each writes the disjoint column dw[:, :, k], serial reduction inside.
+    Parallel:  prange over contiguous chunks of dw's flat (tap, k) elements, one per thread, each summed in a per-thread
+               stack scratch (kernels/scratch.py) and written once: no shared cache lines while summing (the old
+               per-channel `dw[ky, kx, k] +=` loop false-shared dw's lines and ran slower on 2 threads than on 1);
+               each element's sum order is independent of the chunking (deterministic, bit-identical to before).
     C twin:    mt_depthwise_conv_f32_backward_weight.
     """
     KH, KW, K = dw.shape
@@ -89,26 +94,51 @@ def depthwise_conv_f32_backward_weight(dw, x_kept, x_zp, dy, keep, stride, pad):
     if (KX != K or dy.shape[0] != N or keep.shape[0] != K or stride < 1
             or OH != (H + 2 * pad - KH) // stride + 1 or OW != (W + 2 * pad - KW) // stride + 1):
         raise ValueError("depthwise_conv_f32_backward_weight: inconsistent shapes")
+    contiguous = True  # keep = c0, c0 + 1, ...: dy read with unit stride (dense and input-axis layouts)
     for k in range(K):
         if keep[k] < 0 or keep[k] >= C:
             raise ValueError("depthwise_conv_f32_backward_weight: keep index out of range")
-    for k in prange(K):
-        c = keep[k]
-        for ky in range(KH):
-            for kx in range(KW):
-                dw[ky, kx, k] = 0
-        for n in range(N):
-            for oy in range(OH):
-                iy0 = oy * stride - pad
-                for ox in range(OW):
-                    ix0 = ox * stride - pad
-                    g = dy[n, oy, ox, c]
-                    for ky in range(KH):
+        if keep[k] != keep[0] + k:
+            contiguous = False
+    c_first = keep[0] if K > 0 else 0
+    # Each thread owns a contiguous range of dw's flat (tap, k) elements and sums them in a stack scratch row
+    # (kernels/scratch.py) over all pixels, channels innermost; dw is written once at the end, so threads never
+    # write the same cache line while summing. Every element is still one sum over (n, oy, ox) in that order,
+    # whatever the thread count or chunking.
+    total = KH * KW * K
+    chunks = max(1, min(PARALLEL_CHUNKS, total))
+    for t in prange(chunks):
+        acc = scratch_acc_like(dw)
+        a0, a1 = chunk_bounds(total, chunks, t)
+        for e0 in range(a0, a1, SCRATCH_ACC):
+            e1 = min(a1, e0 + SCRATCH_ACC)
+            for e in range(e1 - e0):
+                acc[e] = 0
+            t0 = e0 // K
+            t1 = (e1 - 1) // K + 1
+            for n in range(N):
+                for oy in range(OH):
+                    iy0 = oy * stride - pad
+                    for tap in range(t0, t1):
+                        ky = tap // KW
+                        kx = tap - ky * KW
                         iy = iy0 + ky
                         if iy < 0 or iy >= H:
-                            continue
-                        for kx in range(KW):
-                            ix = ix0 + kx
-                            if ix < 0 or ix >= W:
-                                continue
-                            dw[ky, kx, k] += (x_kept[n, iy, ix, k] - xz) * g
+                            continue  # taps in the padding contribute nothing
+                        k0 = max(e0 - tap * K, 0)
+                        k1 = min(e1 - tap * K, K)
+                        base = tap * K - e0
+                        ox0 = max(0, (pad - kx + stride - 1) // stride)  # ix = ox*stride - pad + kx in [0, W)
+                        ox1 = min(OW, (W - 1 + pad - kx) // stride + 1)
+                        for ox in range(ox0, ox1):
+                            ix = ox * stride - pad + kx
+                            if contiguous:
+                                for k in range(k0, k1):
+                                    acc[base + k] += (x_kept[n, iy, ix, k] - xz) * dy[n, oy, ox, c_first + k]
+                            else:
+                                for k in range(k0, k1):
+                                    acc[base + k] += (x_kept[n, iy, ix, k] - xz) * dy[n, oy, ox, keep[k]]
+            for e in range(e0, e1):
+                tap = e // K
+                ky = tap // KW
+                dw[ky, tap - ky * KW, e - tap * K] = acc[e - e0]

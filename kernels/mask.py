@@ -72,3 +72,18 @@ def mask_check(mask, rows, w, c):
     if mask.shape[0] != rows or mask.shape[1] != (w * c + 7) // 8:
         raise ValueError("mask must have shape (N * H, ceil(W * C / 8)), or be NO_MASK")
     return True
+
+
+@njit(**NJIT)
+def mask_zero_row(mask, r):
+    """Clear row r of the mask (before mask_or_bit writes it in any order)."""
+    for b in range(mask.shape[1]):
+        mask[r, b] = 0
+
+
+@njit(**NJIT)
+def mask_or_bit(mask, r, j, bit):
+    """Set bit j of row r when `bit` (random order; the row must have been cleared with mask_zero_row). For kernels
+    that finish a row's elements out of order (blocks of output channels); rows still never share a byte."""
+    if bit:
+        mask[r, j >> 3] |= np.uint8(1 << (j & 7))

@@ -1,6 +1,7 @@
 """Pointwise (1x1, stride 1) convolution forward, int8 (per-channel requantization) and fp32, NHWC.
 
-For each pixel and output channel a dot product over the contiguous input channels; no scratch, no BLAS.
+int8: outer products over a per-thread stack scratch (kernels/scratch.py); fp32: a dot product over the contiguous input
+channels per pixel and output channel; no BLAS.
 C twins: mt_pointwise_conv_s8, mt_pointwise_conv_f32 (docs/porting.md).
 """
 
@@ -9,8 +10,9 @@ from numba import njit, prange
 
 from microtrain.config import NJIT_PARALLEL
 
-from .mask import mask_check, mask_flush_row, mask_put_bit
+from .mask import mask_check, mask_or_bit, mask_zero_row
 from .requant import INT32_MIN, clamp, mbqm
+from .scratch import PARALLEL_CHUNKS, SCRATCH_ACC, SCRATCH_W8, chunk_bounds, scratch_acc_i32, scratch_w_i8
 
 
 @njit(**NJIT_PARALLEL)
@@ -32,11 +34,16 @@ def pointwise_conv_s8(y, mask, x, w, bias, mult, shift, x_zp, y_zp, act_min, act
                widest is 576).
                acc + bias can overflow: int32 biases at the limits occur in the real tiny-training weights
                (dead channels), and TFLM's int32 `acc += bias` then wraps modulo 2^32 (UB in C, two's complement
-               on every TFLM target). Accumulated here in int64 (every int8 load widened), then acc + bias is
-               wrapped to int32 explicitly, so that case matches too. mbqm's pre-shift acc * 2^max(shift, 0) is
-               not wrapped: it must fit int32 (true whenever the effective scale is < 1).
+               on every TFLM target). Summed here in int32 (exact, the bound above) as outer products: per pixel,
+               each input channel (x - x_zp) times a row of output channels of a per-thread transposed weight tile,
+               into a per-thread int32 accumulator row (both stack scratch, kernels/scratch.py; Ci <= SCRATCH_W8),
+               so the multiply-adds vectorise across output channels; then acc + bias in int64 is wrapped to
+               int32 explicitly, so that case matches too. mbqm's pre-shift acc * 2^max(shift, 0) is not wrapped:
+               it must fit int32 (true whenever the effective scale is < 1).
     Zero points: x_zp, y_zp are zero points; TFLM/CMSIS-NN pass input_offset = -x_zp.
-    Parallel:  prange over (batch x rows); disjoint rows of y and of mask (byte-aligned rows; deterministic).
+    Parallel:  prange over one contiguous chunk of (batch x rows) per thread (the weight tile is transposed once per
+               chunk); disjoint rows of y and of mask (byte-aligned rows, cleared then OR-ed; deterministic: integer
+               sums are exact whatever the chunking).
     C twin:    mt_pointwise_conv_s8
     """
     N, H, W, CO = y.shape
@@ -44,28 +51,46 @@ def pointwise_conv_s8(y, mask, x, w, bias, mult, shift, x_zp, y_zp, act_min, act
     if (x.shape[0] != N or x.shape[1] != H or x.shape[2] != W or w.shape[0] != CO or w.shape[1] != CI
             or bias.shape[0] != CO or mult.shape[0] != CO or shift.shape[0] != CO):
         raise ValueError("pointwise_conv_s8: inconsistent shapes")
+    if CI > SCRATCH_W8:
+        raise ValueError("pointwise_conv_s8: more input channels than the weight scratch holds")
     write_mask = mask_check(mask, N * H, W, CO)
-    xz = np.int64(x_zp)
+    xz = np.int32(x_zp)
     yz = np.int64(y_zp)
-    for r in prange(N * H):
-        n = r // H
-        oy = r - n * H
-        j = 0  # mask bit of (ox, co) in row r: ox * CO + co
-        byte = 0
-        for ox in range(W):
-            for co in range(CO):
-                acc = np.int64(0)
-                for ci in range(CI):
-                    acc += np.int64(w[co, ci]) * (np.int64(x[n, oy, ox, ci]) - xz)
-                acc += np.int64(bias[co])
-                acc = ((acc - INT32_MIN) & 0xFFFFFFFF) + INT32_MIN  # C's int32 acc + bias wraps (see Overflow)
-                v = mbqm(acc, mult[co], shift[co]) + yz
-                y[n, oy, ox, co] = np.int8(clamp(v, act_min, act_max))
-                if write_mask:
-                    byte = mask_put_bit(mask, r, j, byte, v >= act_min and v <= act_max)
-                    j += 1
+    CB = min(CO, SCRATCH_ACC, SCRATCH_W8 // CI)  # output channels per block: acc row and transposed weight tile
+    rows = N * H
+    chunks = min(PARALLEL_CHUNKS, rows)
+    for t in prange(chunks):
+        acc = scratch_acc_i32()  # per-thread stack scratch (kernels/scratch.py)
+        wt = scratch_w_i8()
+        r0, r1 = chunk_bounds(rows, chunks, t)
         if write_mask:
-            mask_flush_row(mask, r, j, byte)
+            for r in range(r0, r1):
+                mask_zero_row(mask, r)
+        for co0 in range(0, CO, CB):
+            co1 = min(CO, co0 + CB)
+            cb = co1 - co0
+            for co in range(co0, co1):  # wt[ci * cb + k] = w[co0 + k, ci]: output channels contiguous
+                for ci in range(CI):
+                    wt[ci * cb + (co - co0)] = w[co, ci]
+            for r in range(r0, r1):
+                n = r // H
+                oy = r - n * H
+                for ox in range(W):
+                    for k in range(cb):
+                        acc[k] = 0
+                    for ci in range(CI):  # outer product: one input channel times a row of output channels
+                        xv = np.int32(x[n, oy, ox, ci]) - xz
+                        for k in range(cb):
+                            acc[k] += np.int32(wt[ci * cb + k]) * xv
+                    for k in range(cb):
+                        a = np.int64(acc[k]) + np.int64(bias[co0 + k])
+                        a = ((a - INT32_MIN) & 0xFFFFFFFF) + INT32_MIN  # C's int32 acc + bias wraps (see Overflow)
+                        v = mbqm(a, mult[co0 + k], shift[co0 + k]) + yz
+                        y[n, oy, ox, co0 + k] = np.int8(clamp(v, act_min, act_max))
+                        acc[k] = np.int32(v >= act_min and v <= act_max)
+                    if write_mask:  # a separate loop, so the one above stays branch-free in inference
+                        for k in range(cb):
+                            mask_or_bit(mask, r, ox * CO + co0 + k, acc[k] != 0)
 
 
 @njit(**NJIT_PARALLEL)
