@@ -25,7 +25,7 @@ def _load(args):
         weights = shipped_weights(args.model)
         if weights is None:
             raise InputError(f"the project ships no weights for {args.model!r} (only for "
-                             f"{', '.join(SHIPPED_WEIGHTS)}); give a tiny-training .pkl or a microtrain .npz")
+                             f"{', '.join(SHIPPED_WEIGHTS)}); pass --weights: a tiny-training .pkl or a microtrain .npz")
     return load_model(args.model, weights)
 
 
@@ -234,12 +234,9 @@ def cmd_adapt(args):
         raise InputError(f"unknown method {args.method!r}; use one of {', '.join(METHODS)}")
     if args.save and args.mode != "int8":
         raise InputError("--save writes int8 weights; drop --mode fp32 or --save")
-    shipped = args.weights in (None, "shipped")
     if args.weights is None:
-        if shipped_weights(args.model) is None:
-            raise InputError(f"the project ships no weights for {args.model!r} (only for "
-                             f"{', '.join(SHIPPED_WEIGHTS)}); pass --weights: a tiny-training .pkl or a microtrain .npz")
-        args.weights = "shipped"
+        args.weights = "shipped"  # _load resolves it, or names the models that have shipped weights
+    shipped = args.weights == "shipped"
     if args.data is None:
         args.data = DEFAULT_ADAPT_DATA
     model = _load(args)

@@ -68,8 +68,13 @@ def model_input(images, model, mode="int8"):
     if mode == "int8":
         return _input_table(*model.input_quant())[x]
     if mode == "fp32":
-        return (x.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)).astype(np.float32)
+        return fp32_input(x)
     raise ConfigError(f"mode {mode!r}: use one of {', '.join(MODES)}")
+
+
+def fp32_input(images):
+    """uint8 images (any shape) -> float32 real values 2u/255 - 1, the models' fp32 input convention."""
+    return (np.asarray(images).astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=8)

@@ -155,8 +155,10 @@ class GlyphStream:
 
 
 def to_input(images):
-    """uint8 (N, H, W, 3) -> float32 2u/255 - 1 (microtrain.fewshot.model_input's fp32 convention)."""
-    return (images.astype(F32) * F32(2.0 / 255.0) - F32(1.0)).astype(F32)
+    """uint8 (N, H, W, 3) -> float32 2u/255 - 1 (microtrain.fewshot.fp32_input, the engine's fp32 input)."""
+    from microtrain.fewshot import fp32_input
+
+    return fp32_input(images)
 
 
 def lr_at(step, steps, peak, warmup):
