@@ -309,7 +309,18 @@ SCRIPTS = {
     "shapes": ((0x25A0, 0x25FF),),  # Geometric Shapes
     "braille": ((0x2801, 0x28FF),),  # U+2800 is blank
     "yijing": ((0x4DC0, 0x4DFF),),  # hexagrams
+    "technical": ((0x2300, 0x23FF),),  # Miscellaneous Technical
+    "symbols": ((0x2600, 0x26FF),),  # Miscellaneous Symbols
+    "dingbats": ((0x2700, 0x27BF),),
+    "blocks": ((0x2580, 0x259F),),  # Block Elements
+    "mathsymbols": ((0x27C0, 0x27EF), (0x2980, 0x29FF)),  # Miscellaneous Mathematical Symbols-A and -B
+    "supmath": ((0x2A00, 0x2AFF),),  # Supplemental Mathematical Operators
+    # Supplemental Arrows-A and -B, Miscellaneous Symbols and Arrows
+    "suparrows": ((0x27F0, 0x27FF), (0x2900, 0x297F), (0x2B00, 0x2BFF)),
 }
+# Scripts whose characters are letters of a writing system; the others are symbol blocks.
+LETTER_SCRIPTS = ("latin", "greek", "cyrillic", "armenian", "georgian", "hebrew", "arabic", "nko", "lao", "ogham",
+                  "tifinagh", "canadian", "ipa")
 _CLASS_CATEGORIES = {"Lu", "Ll", "Lt", "Lo", "Nd", "Nl", "No", "Sm", "Sc", "Sk", "So",
                      "Pc", "Pd", "Ps", "Pe", "Pi", "Pf", "Po"}
 # The twelve text faces in matplotlib's wheel (the Display faces cover little and are for large sizes).

@@ -169,12 +169,16 @@ def lr_at(step, steps, peak, warmup):
     return peak * (0.05 + 0.95 * 0.5 * (1.0 + np.cos(np.pi * min(t, 1.0))))
 
 
-def select_classes(classes, seed, canvas=CANVAS):
-    """(renderer, code points of the training classes): `classes` characters of TRAIN_SCRIPTS, drawn with seed."""
+def select_classes(classes, seed, canvas=CANVAS, scripts=TRAIN_SCRIPTS):
+    """(renderer, code points of the training classes): `classes` characters of `scripts`, drawn with seed."""
     from microtrain.data import _GlyphRenderer
 
+    overlap = sorted(set(scripts) & set(HELD_OUT_SCRIPTS))
+    if overlap:
+        raise InputError(f"training scripts {', '.join(overlap)} are held out (HELD_OUT_SCRIPTS: the demo's domain); "
+                         f"choose others")
     renderer = _GlyphRenderer(canvas, seed)
-    pool, _ = renderer.select(TRAIN_SCRIPTS)
+    pool, _ = renderer.select(scripts)
     if classes > len(pool):
         raise InputError(f"{classes} classes asked, the training scripts give {len(pool)}")
     rng = np.random.default_rng([seed, 0])
@@ -265,6 +269,9 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--classes", type=int, default=None, help="training classes (default: the classifier's)")
+    ap.add_argument("--scripts", default=",".join(TRAIN_SCRIPTS),
+                    help="comma list of microtrain.data.SCRIPTS to draw the training classes from "
+                         "(default: TRAIN_SCRIPTS, the shipped weights' scripts)")
     ap.add_argument("--workdir", help="checkpoints and the fp32 weights go here")
     ap.add_argument("--resume", action="store_true", help="continue from WORKDIR/checkpoint.npz")
     ap.add_argument("--calibration", type=int, default=256, help="calibration renderings")
@@ -289,11 +296,14 @@ def run(args):
     graph = load_graph(args.model)
     classes = args.classes or graph.classifier.cout
     side = graph.input_shape[0]
-    renderer, code_points = select_classes(classes, args.seed)
+    from microtrain.data import _script_names
+
+    scripts = tuple(_script_names(args.scripts))
+    renderer, code_points = select_classes(classes, args.seed, scripts=scripts)
     stream = GlyphStream(code_points, renderer, side, args.seed)
     if args.workdir:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    print(f"pretraining {graph.name} on {classes} glyph classes of {', '.join(TRAIN_SCRIPTS)}: {args.steps} steps "
+    print(f"pretraining {graph.name} on {classes} glyph classes of {', '.join(scripts)}: {args.steps} steps "
           f"x batch {args.batch}, Adam lr {args.lr:g}", flush=True)
     step = train(graph, stream, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
                  warmup=args.warmup, workdir=args.workdir, resume=args.resume,
@@ -310,7 +320,7 @@ def run(args):
     ranges = ptq.calibrate(g, weights, cal)
     meta = {"source": f"microtrain.reference_models.pretrain (seed {args.seed}, {args.steps} steps x batch "
                       f"{args.batch}, Adam lr {args.lr:g})",
-            "classes": [f"U+{u:04X}" for u in code_points], "train_scripts": list(TRAIN_SCRIPTS),
+            "classes": [f"U+{u:04X}" for u in code_points], "train_scripts": list(scripts),
             "held_out_scripts": list(HELD_OUT_SCRIPTS)}
     model = ptq.quantize_model(g, weights, ranges, meta=meta)
 

@@ -79,6 +79,18 @@ def test_classes_are_drawn_from_the_training_scripts_only(stream):
         pt.select_classes(100_000, seed=0)
 
 
+def test_classes_come_from_the_scripts_asked_and_never_from_held_out_ones():
+    pytest.importorskip("PIL", reason="glyphs need Pillow")
+    pytest.importorskip("matplotlib", reason="glyphs need matplotlib's DejaVu fonts")
+    from microtrain.data import SCRIPTS
+
+    _, cps = pt.select_classes(20, seed=0, scripts=("braille", "blocks"))
+    allowed = {u for s in ("braille", "blocks") for lo, hi in SCRIPTS[s] for u in range(lo, hi + 1)}
+    assert len(cps) == 20 and set(cps) <= allowed
+    with pytest.raises(errors.InputError, match="held out"):
+        pt.select_classes(5, seed=0, scripts=("braille", HELD_OUT_SCRIPTS[0]))
+
+
 def test_stream_batches_are_reproducible(stream):
     x1, y1 = stream.batch(7, 4)
     x2, y2 = stream.batch(7, 4)
@@ -122,8 +134,24 @@ def test_script_writes_int8_weights_that_load(stream, tmp_path):
     m = load_model(str(spec), out)
     assert len(m.meta["classes"]) == GRAPH.classifier.cout
     assert m.meta["held_out_scripts"] == list(HELD_OUT_SCRIPTS)
+    assert m.meta["train_scripts"] == list(TRAIN_SCRIPTS)
     assert set(m.meta["pretrain_report"]) >= {"top1_val_fp32", "top1_val_int8", "train_seconds"}
     json.dumps(m.meta)
+
+
+def test_script_records_the_scripts_it_was_given_and_refuses_unknown_ones(tmp_path):
+    pytest.importorskip("PIL", reason="glyphs need Pillow")
+    pytest.importorskip("matplotlib", reason="glyphs need matplotlib's DejaVu fonts")
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    out = tmp_path / "w.npz"
+    common = ["--out", str(out), "--model", str(spec), "--steps", "1", "--batch", "2", "--calibration", "2",
+              "--eval-episodes", "1"]
+    assert pt.main(common + ["--scripts", "braille,blocks"]) == 0
+    assert load_model(str(spec), out).meta["train_scripts"] == ["braille", "blocks"]
+    out.unlink()
+    assert pt.main(common + ["--scripts", "braille,klingon"]) == 2
+    assert not out.exists()
 
 
 def test_set_lr_sets_the_lr_and_refuses_bad_values(stream):
