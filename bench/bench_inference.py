@@ -1,5 +1,18 @@
-"""Whole-model int8 inference (batch 1 and 25) in the planned arena, against a NumPy chain of the
-vectorised reference ops with the same weights. Outputs are compared exactly before timing."""
+"""Whole-model int8 inference (batch 1 and 25) in the planned arena, against peers on the same weights:
+
+- numpy: a NumPy chain of the vectorised reference ops (bench/numpy_ref.py); its int8 output must equal ours;
+- tflm: TFLite Micro's reference interpreter (tflite-micro's host build, `pip install microtrain[oracle]`) on
+  the model exported by microtrain.tflite; its int8 output must equal ours bit for bit;
+- litert: LiteRT (`ai-edge-litert`, optional), its default CPU kernels (XNNPACK) on the same .tflite and the
+  same thread count; they round differently from TFLite Micro's reference, so its int8 logits are checked to
+  within LITERT_MAX_LSB of ours and the share that differs goes into extra_info;
+- torch: PyTorch's fp32 network with the dequantized weights (bench_train.torch_net, channels-last, no grad),
+  checked against microtrain's fp32 forward (ptq.float_forward) before timing.
+
+Peers are optional: each case skips, with the reason, when its package is missing. The torch cases run last
+so that torch's thread pool is not running while the others are timed."""
+
+import os
 
 import numpy as np
 import pytest
@@ -10,6 +23,17 @@ from microtrain.inference import Inference
 from microtrain.kernels.requant import activation_range_s8, add_multipliers, conv_multipliers
 from microtrain.model import random_model
 from microtrain.reference_models import NAMES
+
+LITERT_MAX_LSB = 2  # XNNPACK vs TFLM reference rounding: measured max 1 LSB on the logits (see bench/README.md)
+IMPLS = ("microtrain", "numpy", "tflm", "litert", "torch")
+ROUNDS = {"microtrain": (5, 3), "numpy": (3, 1), "tflm": (3, 1), "litert": (5, 3), "torch": (5, 3)}  # (b1, b25)
+_MODELS = {}
+
+
+def _model(name):
+    if name not in _MODELS:
+        _MODELS[name] = random_model(load_graph(name), seed=1)
+    return _MODELS[name]
 
 
 def numpy_forward(model, x):
@@ -40,20 +64,91 @@ def numpy_forward(model, x):
     return t[g.output]
 
 
-@pytest.mark.parametrize("impl", ["microtrain", "numpy"])
-@pytest.mark.parametrize("batch", [1, 25], ids=["b1", "b25"])
-@pytest.mark.parametrize("name", NAMES)
+def _threads():
+    return int(os.environ.get("NUMBA_NUM_THREADS", os.cpu_count() or 1))
+
+
+def tflm_runner(model, batch):
+    pytest.importorskip("tflite_micro", reason="TFLite Micro peer: pip install microtrain[oracle]")
+    from microtrain.tflite import TFLMRunner, export_tflite
+
+    runner = TFLMRunner(export_tflite(model, batch=batch))
+    return lambda x: runner.run(x)[0]
+
+
+def litert_runner(model, batch):
+    interp_mod = pytest.importorskip("ai_edge_litert.interpreter",
+                                     reason="LiteRT peer: pip install ai-edge-litert (optional)")
+    from microtrain.tflite import export_tflite
+
+    it = interp_mod.Interpreter(model_content=bytes(export_tflite(model, batch=batch)), num_threads=_threads())
+    it.allocate_tensors()
+    i_in, i_out = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+
+    def run(x):
+        it.set_tensor(i_in, x)
+        it.invoke()
+        return it.get_tensor(i_out)
+
+    return run
+
+
+def torch_runner(model, x):
+    """(run(x) -> fp32 logits, the fp32 input) of PyTorch's fp32 network with the dequantized weights."""
+    torch = pytest.importorskip("torch", reason="PyTorch peer: pip install torch (optional)")
+    torch.set_num_threads(_threads())
+    from bench_train import torch_net
+    from microtrain.ptq import float_forward
+    from microtrain.sparse import SparseConfig
+    from microtrain.train import dequantized_weights
+
+    g = model.graph
+    weights = {op.name: dequantized_weights(model, op) for op in list(g.convs) + [g.classifier]}
+    s, z = model.quant[g.input_name]
+    xf = ((x.astype(np.float32) - z) * np.float32(s)).astype(np.float32)
+    net, _, _ = torch_net(torch, model, g, SparseConfig(g.name, ()), weights[g.classifier.name])
+    xt = torch.from_numpy(xf).permute(0, 3, 1, 2)  # NHWC memory seen as NCHW: channels-last strides
+
+    def run(_):
+        with torch.no_grad():
+            return net(xt)
+
+    got, expect = run(None).numpy(), float_forward(g, weights, xf)
+    np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-4 * np.abs(expect).max())
+    return run
+
+
+def _cases():
+    cases = [(n, b, i) for i in IMPLS if i != "torch" for n in NAMES for b in (1, 25)]
+    cases += [(n, b, "torch") for n in NAMES for b in (1, 25)]
+    return [pytest.param(n, b, i, id=f"{n}-b{b}-{i}") for n, b, i in cases]
+
+
+@pytest.mark.parametrize("name,batch,impl", _cases())
 def test_inference_s8(benchmark, name, batch, impl):
-    model = random_model(load_graph(name), seed=1)
+    model = _model(name)
     x = np.random.default_rng(0).integers(-128, 128, size=(batch, 128, 128, 3)).astype(np.int8)
     engine = Inference(model, batch=batch)
-    expect = numpy_forward(model, x)
-    np.testing.assert_array_equal(engine.run(x), expect)  # compiled and checked outside the timer
+    ours = engine.run(x).copy()  # compiled outside the timer
     g = model.graph
     benchmark.group = "inference_s8"
     benchmark.extra_info.update(macs=batch * (g.conv_macs() + g.op_macs(g.classifier)),
-                                arena_bytes=engine.plan.peak)
+                                arena_bytes=engine.plan.peak, threads=_threads())
     if impl == "microtrain":
-        benchmark.pedantic(engine.run, args=(x,), rounds=3 if batch > 1 else 5, warmup_rounds=0)
+        np.testing.assert_array_equal(ours, numpy_forward(model, x))
+        fn, arg = engine.run, x
+    elif impl == "numpy":
+        fn, arg = (lambda v: numpy_forward(model, v)), x
+        np.testing.assert_array_equal(fn(x), ours)
+    elif impl == "tflm":
+        fn, arg = tflm_runner(model, batch), x
+        np.testing.assert_array_equal(fn(x), ours)  # TFLM's reference kernels: bit for bit
+    elif impl == "litert":
+        fn, arg = litert_runner(model, batch), x
+        diff = np.abs(fn(x).astype(np.int32) - ours)
+        assert diff.max() <= LITERT_MAX_LSB, f"LiteRT differs from TFLM/microtrain by {diff.max()} LSB"
+        benchmark.extra_info.update(litert_max_lsb=int(diff.max()), litert_share_differing=float(np.mean(diff > 0)))
     else:
-        benchmark.pedantic(numpy_forward, args=(model, x), rounds=1 if batch > 1 else 3, warmup_rounds=0)
+        fn, arg = torch_runner(model, x), x
+    rounds = ROUNDS[impl][batch > 1]
+    benchmark.pedantic(fn, args=(arg,), rounds=rounds, warmup_rounds=1 if impl in ("litert", "torch") else 0)

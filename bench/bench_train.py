@@ -156,7 +156,7 @@ def torch_net(torch, model, graph, cfg, head):
         m.weight.data.copy_(torch.from_numpy(np.ascontiguousarray(w)))
         m.bias.data.copy_(torch.from_numpy(b))
         convs[op.name] = m
-    fc = nn.Linear(graph.classifier.cin, K)
+    fc = nn.Linear(head[0].shape[1], head[0].shape[0])  # (K, C): the trained head, or a classifier
     fc.weight.data.copy_(torch.from_numpy(head[0]))
     fc.bias.data.copy_(torch.from_numpy(head[1]))
 
