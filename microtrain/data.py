@@ -85,7 +85,7 @@ class Dataset:
             ref = self._items[key[0]][key[1]]
         except IndexError:
             raise DataError(f"{self.name}: no image {i} in class {c}") from None
-        img = _to_size(self._load(ref), self.size, f"{self.name} class {self.class_names[key[0]]!r} image {i}")
+        img = to_size(self._load(ref), self.size, f"{self.name} class {self.class_names[key[0]]!r} image {i}")
         if img.nbytes <= self._cache_left:
             img.setflags(write=False)
             self._cache[key] = img
@@ -124,7 +124,7 @@ def _check_size(size):
     return int(size)
 
 
-def _to_size(img, size, where):
+def to_size(img, size, where):
     """uint8 (H, W, 3) or (H, W) -> uint8 (size, size, 3), antialiased bilinear, rounded half up."""
     a = np.asarray(img)
     if a.dtype != np.uint8 or a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] != 3) or 0 in a.shape:
@@ -341,10 +341,10 @@ def glyphs(scripts, size, *, per_class=20, seed=0, canvas=105, cache_bytes=DEFAU
     of up to 0.1 canvas that keeps the rotated box inside. Then resized to size x size like every dataset.
     Identical for a seed given the same Pillow/FreeType and font files. Needs Pillow and matplotlib.
     """
-    names = _script_names(scripts)
+    names = script_names(scripts)
     if per_class < 1 or canvas < 8:
         raise DataError(f"glyphs: need per_class >= 1 and canvas >= 8, got {per_class} and {canvas}")
-    renderer = _GlyphRenderer(canvas, int(seed))
+    renderer = GlyphRenderer(canvas, int(seed))
     code_points, groups = renderer.select(names)
     class_names = [f"U+{u:04X} {unicodedata.name(chr(u), '?')}" for u in code_points]
     items = [[(u, j) for j in range(per_class)] for u in code_points]
@@ -352,7 +352,8 @@ def glyphs(scripts, size, *, per_class=20, seed=0, canvas=105, cache_bytes=DEFAU
                    flip_ok=False, cache_bytes=cache_bytes)
 
 
-def _script_names(scripts):
+def script_names(scripts):
+    """Script names from "a,b" / a list / "all", checked against SCRIPTS (DataError names the choices)."""
     if isinstance(scripts, str):
         scripts = [s.strip().lower() for s in scripts.split(",") if s.strip()]
     names = list(SCRIPTS) if list(scripts) == ["all"] else list(dict.fromkeys(scripts))
@@ -362,7 +363,7 @@ def _script_names(scripts):
     return names
 
 
-class _GlyphRenderer:
+class GlyphRenderer:
     """Holds the DejaVu fonts (per face and pixel size) and each code point's faces that draw it."""
 
     def __init__(self, canvas, seed):

@@ -122,15 +122,15 @@ class GlyphStream:
     """Batches of augmented glyph renderings of `code_points`, as the model's fp32 input (2u/255 - 1)."""
 
     def __init__(self, code_points, renderer, size, seed):
-        from microtrain.data import _to_size
+        from microtrain.data import to_size
 
         self.code_points = list(code_points)
         self.renderer, self.size, self.seed = renderer, size, seed
-        self._to_size = _to_size
+        self.to_size = to_size
 
     def image(self, c, j, rng=None):
         """uint8 (size, size, 3): rendering j of class c, augmented with rng (None: plain rendering)."""
-        grey = self._to_size(self.renderer.render((self.code_points[c], j)), self.size, "glyph")[:, :, 0]
+        grey = self.to_size(self.renderer.render((self.code_points[c], j)), self.size, "glyph")[:, :, 0]
         if rng is not None:
             grey = augment(grey, rng)
         return np.repeat(grey[:, :, None], 3, axis=2)
@@ -171,13 +171,13 @@ def lr_at(step, steps, peak, warmup):
 
 def select_classes(classes, seed, canvas=CANVAS, scripts=TRAIN_SCRIPTS):
     """(renderer, code points of the training classes): `classes` characters of `scripts`, drawn with seed."""
-    from microtrain.data import _GlyphRenderer
+    from microtrain.data import GlyphRenderer
 
     overlap = sorted(set(scripts) & set(HELD_OUT_SCRIPTS))
     if overlap:
         raise InputError(f"training scripts {', '.join(overlap)} are held out (HELD_OUT_SCRIPTS: the demo's domain); "
                          f"choose others")
-    renderer = _GlyphRenderer(canvas, seed)
+    renderer = GlyphRenderer(canvas, seed)
     pool, _ = renderer.select(scripts)
     if classes > len(pool):
         raise InputError(f"{classes} classes asked, the training scripts give {len(pool)}")
@@ -296,9 +296,9 @@ def run(args):
     graph = load_graph(args.model)
     classes = args.classes or graph.classifier.cout
     side = graph.input_shape[0]
-    from microtrain.data import _script_names
+    from microtrain.data import script_names
 
-    scripts = tuple(_script_names(args.scripts))
+    scripts = tuple(script_names(args.scripts))
     renderer, code_points = select_classes(classes, args.seed, scripts=scripts)
     stream = GlyphStream(code_points, renderer, side, args.seed)
     if args.workdir:
