@@ -28,6 +28,9 @@ CASES = {
     "batch3": dict(n=3, h=4, w=4, ci=2, co=3, k=3, stride=1, pad=1),
     # MCUNet / MbV2 / Proxyless stem: 3 -> 16 channels, k3 s2 p1 (real input 96-176 px; 12 px here).
     "mcunet_stem_3to16_k3_s2": dict(n=1, h=12, w=12, ci=3, co=16, k=3, stride=2, pad=1),
+    # KH*KW*Ci = 3136: the int8 kernel's transposed weight tile holds 20 output channels, so 45 run in three
+    # blocks (20, 20, 5), the last shorter than one LANES block
+    "output_channel_blocks_k7_ci64": dict(n=1, h=4, w=5, ci=64, co=45, k=7, stride=1, pad=3),
     "mcunet_stem_relu6_range": dict(n=1, h=8, w=8, ci=3, co=16, k=3, stride=2, pad=1, act="relu6"),
     "saturate_small_y_scale": dict(n=1, h=6, w=6, ci=4, co=4, k=3, stride=1, pad=1, saturate=True),
     "positive_shift_effective_scale_4": dict(n=1, h=5, w=5, ci=2, co=3, k=3, stride=1, pad=1, eff_scale=4.0),
@@ -96,12 +99,13 @@ def test_conv2d_f32_cases(name, act):
 
 @st.composite
 def geometry(draw):
-    """Small random conv geometry: odd sizes, 1 channel, batch 1-2, stride 2 on odd inputs, k up to 7."""
+    """Small random conv geometry: odd sizes, 1 channel, batch 1-2, stride 2 on odd inputs, k up to 7; up to 20
+    output channels (the int8 kernel's 8-wide blocks plus a tail)."""
     k = draw(st.sampled_from([1, 3, 5, 7]))
     pad = draw(st.integers(0, k // 2))
     lo = max(1, k - 2 * pad)  # at least one output position
     return dict(n=draw(st.integers(1, 2)), h=draw(st.integers(lo, 11)), w=draw(st.integers(lo, 11)),
-                ci=draw(st.integers(1, 8)), co=draw(st.integers(1, 8)), kh=k, kw=k,
+                ci=draw(st.integers(1, 8)), co=draw(st.integers(1, 20)), kh=k, kw=k,
                 stride=draw(st.sampled_from([1, 2])), pad=pad)
 
 
