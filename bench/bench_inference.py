@@ -94,7 +94,8 @@ def litert_runner(model, batch):
 
 
 def torch_runner(model, x):
-    """(run(x) -> fp32 logits, the fp32 input) of PyTorch's fp32 network with the dequantized weights."""
+    """run(x) -> fp32 logits of PyTorch's fp32 network with the dequantized weights, on x (int8, the model's input
+    quantization) dequantized once here: the int8 engine too is timed on an input already quantized."""
     torch = pytest.importorskip("torch", reason="PyTorch peer: pip install torch (optional)")
     torch.set_num_threads(_threads())
     from bench_train import torch_net
@@ -109,11 +110,11 @@ def torch_runner(model, x):
     net, _, _ = torch_net(torch, model, g, SparseConfig(g.name, ()), weights[g.classifier.name])
     xt = torch.from_numpy(xf).permute(0, 3, 1, 2)  # NHWC memory seen as NCHW: channels-last strides
 
-    def run(_):
+    def run(_x):
         with torch.no_grad():
             return net(xt)
 
-    got, expect = run(None).numpy(), float_forward(g, weights, xf)
+    got, expect = run(x).numpy(), float_forward(g, weights, xf)
     np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-4 * np.abs(expect).max())
     return run
 
@@ -136,19 +137,19 @@ def test_inference_s8(benchmark, name, batch, impl):
                                 arena_bytes=engine.plan.peak, threads=_threads())
     if impl == "microtrain":
         np.testing.assert_array_equal(ours, numpy_forward(model, x))
-        fn, arg = engine.run, x
+        fn = engine.run
     elif impl == "numpy":
-        fn, arg = (lambda v: numpy_forward(model, v)), x
+        fn = lambda v: numpy_forward(model, v)  # noqa: E731
         np.testing.assert_array_equal(fn(x), ours)
     elif impl == "tflm":
-        fn, arg = tflm_runner(model, batch), x
+        fn = tflm_runner(model, batch)
         np.testing.assert_array_equal(fn(x), ours)  # TFLM's reference kernels: bit for bit
     elif impl == "litert":
-        fn, arg = litert_runner(model, batch), x
+        fn = litert_runner(model, batch)
         diff = np.abs(fn(x).astype(np.int32) - ours)
         assert diff.max() <= LITERT_MAX_LSB, f"LiteRT differs from TFLM/microtrain by {diff.max()} LSB"
         benchmark.extra_info.update(litert_max_lsb=int(diff.max()), litert_share_differing=float(np.mean(diff > 0)))
     else:
-        fn, arg = torch_runner(model, x), x
+        fn = torch_runner(model, x)
     rounds = ROUNDS[impl][batch > 1]
-    benchmark.pedantic(fn, args=(arg,), rounds=rounds, warmup_rounds=1 if impl in ("litert", "torch") else 0)
+    benchmark.pedantic(fn, args=(x,), rounds=rounds, warmup_rounds=1 if impl in ("litert", "torch") else 0)
