@@ -1,13 +1,13 @@
 """Pretrain a reference model on rendered glyphs with microtrain's own fp32 engine, then quantize it to int8.
 
     python -m microtrain.reference_models.pretrain --out OUT.npz [--model mcunet-5fps] [--steps 3000]
-        [--batch 32] [--lr 1e-3] [--seed 0] [--workdir DIR] [--resume]
+        [--batch 32] [--lr 1e-3] [--seed 0] [--scripts a,b,...] [--workdir DIR] [--resume]
 
 This is how the project makes the weights it ships (reference_models/mcunet-5fps-glyphs.npz, see
 MODEL_CARD.md): no download, no ImageNet, only characters rendered from the DejaVu fonts in matplotlib's
 wheel (microtrain.data.glyphs).
 
-Data: TRAIN_SCRIPTS give 1,581 distinct characters; `classes` of them (default 1000, the size of the
+Data: TRAIN_SCRIPTS (or --scripts, never a held-out one) give 1,581 distinct characters; `classes` of them (default 1000, the size of the
 graph's classifier) are drawn with the seed. Every training image is a fresh rendering (face, size, stroke,
 rotation, shift; data.glyphs) followed by augment(): a smooth elastic warp, thinner or thicker strokes,
 ink and paper grey levels and pixel noise. HELD_OUT_SCRIPTS are never seen: they are the domain
