@@ -1,8 +1,6 @@
 """Dense 2-D convolution forward, int8 (per-channel requantization) and fp32, NHWC activations, OHWI weights.
 
-Direct loops with symmetric explicit padding, no im2col. int8: outer products over a per-thread stack scratch
-(kernels/scratch.py: a transposed weight tile and an int32 accumulator row), so the multiply-adds vectorise across
-output channels; fp32: a dot product per output channel. Neither needs arena scratch.
+Direct loops with symmetric explicit padding; no im2col, so no scratch (no `_scratch_bytes` sibling).
 C twins: mt_conv2d_s8, mt_conv2d_f32 (docs/porting.md).
 """
 
@@ -11,9 +9,8 @@ from numba import njit, prange
 
 from microtrain.config import NJIT_PARALLEL
 
-from .mask import mask_check, mask_or_bit, mask_zero_row
+from .mask import mask_check, mask_flush_row, mask_put_bit
 from .requant import INT32_MIN, clamp, mbqm
-from .scratch import LANES, PARALLEL_CHUNKS, SCRATCH_ACC, SCRATCH_W8, chunk_bounds, scratch_acc_i32, scratch_w_i8
 
 
 @njit(**NJIT_PARALLEL)
@@ -37,17 +34,13 @@ def conv2d_s8(y, mask, x, w, bias, mult, shift, x_zp, y_zp, act_min, act_max, st
                (MCUNet's largest is 576).
                acc + bias can overflow: int32 biases at the limits occur in the real tiny-training weights
                (dead channels), and TFLM's int32 `acc += bias` then wraps modulo 2^32 (UB in C, two's complement
-               on every TFLM target). Summed here in int32 (exact, the bound above) as outer products: per output
-               pixel and tap, each input channel (x - x_zp) times a row of output channels of a per-thread
-               transposed weight tile, into a per-thread int32 accumulator row (stack scratch, kernels/scratch.py;
-               KH*KW*Ci <= SCRATCH_W8); then acc + bias in int64 is wrapped to int32 explicitly, so that case
-               matches too. mbqm's pre-shift acc * 2^max(shift, 0) is not wrapped: it must fit int32 (true whenever
-               the effective scale is < 1).
+               on every TFLM target). Accumulated here in int64 (every int8 load widened), then acc + bias is
+               wrapped to int32 explicitly, so that case matches too. mbqm's pre-shift acc * 2^max(shift, 0) is
+               not wrapped: it must fit int32 (true whenever the effective scale is < 1).
     Zero points: x_zp, y_zp are zero points, in [-128, 127]; TFLM/CMSIS-NN pass input_offset = -x_zp.
-    Parallel:  prange over one contiguous chunk of (batch x output rows) per thread (the weight tile is transposed
-               once per chunk); disjoint rows of y and of mask (byte-aligned rows, cleared then OR-ed; deterministic:
-               integer sums are exact whatever the chunking).
-    C twin:    mt_conv2d_s8 (the direct loop nest, same bits)
+    Parallel:  prange over (batch x output rows); each iteration writes disjoint rows of y and of mask (mask rows are
+               byte-aligned; deterministic).
+    C twin:    mt_conv2d_s8
     """
     N, OH, OW, CO = y.shape
     H = x.shape[1]
@@ -59,65 +52,38 @@ def conv2d_s8(y, mask, x, w, bias, mult, shift, x_zp, y_zp, act_min, act_max, st
             or OH != (H + 2 * pad - KH) // stride + 1 or OW != (W + 2 * pad - KW) // stride + 1
             or bias.shape[0] != CO or mult.shape[0] != CO or shift.shape[0] != CO):
         raise ValueError("conv2d_s8: inconsistent shapes")
-    KK = KH * KW * CI
-    if KK > SCRATCH_W8:
-        raise ValueError("conv2d_s8: KH * KW * Ci exceeds the weight scratch")
     write_mask = mask_check(mask, N * OH, OW, CO)
-    xz = np.int32(x_zp)
+    xz = np.int64(x_zp)
     yz = np.int64(y_zp)
-    CB = min(CO, SCRATCH_ACC, SCRATCH_W8 // KK)  # output channels per block: acc row and transposed weight tile
-    rows = N * OH
-    chunks = min(PARALLEL_CHUNKS, rows)
-    for t in prange(chunks):
-        acc = scratch_acc_i32()  # per-thread stack scratch (kernels/scratch.py)
-        wt = scratch_w_i8()
-        r0, r1 = chunk_bounds(rows, chunks, t)
-        if write_mask:
-            for r in range(r0, r1):
-                mask_zero_row(mask, r)
-        for co0 in range(0, CO, CB):
-            co1 = min(CO, co0 + CB)
-            cb = co1 - co0
-            cb8 = cb - cb % LANES
-            for co in range(co0, co1):  # wt[((ky * KW + kx) * CI + ci) * cb + k] = w[co0 + k, ky, kx, ci]
+    for r in prange(N * OH):
+        n = r // OH
+        oy = r - n * OH
+        iy0 = oy * stride - pad
+        j = 0  # mask bit of (ox, co) in row r: ox * CO + co
+        byte = 0
+        for ox in range(OW):
+            ix0 = ox * stride - pad
+            for co in range(CO):
+                acc = np.int64(0)
                 for ky in range(KH):
+                    iy = iy0 + ky
+                    if iy < 0 or iy >= H:
+                        continue  # tap in the padding: (x_zp - x_zp) * w = 0
                     for kx in range(KW):
+                        ix = ix0 + kx
+                        if ix < 0 or ix >= W:
+                            continue
                         for ci in range(CI):
-                            wt[((ky * KW + kx) * CI + ci) * cb + (co - co0)] = w[co, ky, kx, ci]
-            for r in range(r0, r1):
-                n = r // OH
-                oy = r - n * OH
-                iy0 = oy * stride - pad
-                for ox in range(OW):
-                    ix0 = ox * stride - pad
-                    for k in range(cb):
-                        acc[k] = 0
-                    for ky in range(KH):
-                        iy = iy0 + ky
-                        if iy < 0 or iy >= H:
-                            continue  # tap in the padding: (x_zp - x_zp) * w = 0
-                        for kx in range(KW):
-                            ix = ix0 + kx
-                            if ix < 0 or ix >= W:
-                                continue
-                            base = (ky * KW + kx) * CI
-                            for ci in range(CI):  # outer product: one input value times a row of output channels
-                                xv = np.int32(x[n, iy, ix, ci]) - xz
-                                row = (base + ci) * cb
-                                for k0 in range(0, cb8, LANES):  # constant-trip blocks: straight vector code
-                                    for lane in range(LANES):
-                                        acc[k0 + lane] += np.int32(wt[row + k0 + lane]) * xv
-                                for k in range(cb8, cb):
-                                    acc[k] += np.int32(wt[row + k]) * xv
-                    for k in range(cb):
-                        a = np.int64(acc[k]) + np.int64(bias[co0 + k])
-                        a = ((a - INT32_MIN) & 0xFFFFFFFF) + INT32_MIN  # C's int32 acc + bias wraps (see Overflow)
-                        v = mbqm(a, mult[co0 + k], shift[co0 + k]) + yz
-                        y[n, oy, ox, co0 + k] = np.int8(clamp(v, act_min, act_max))
-                        acc[k] = np.int32(v >= act_min and v <= act_max)
-                    if write_mask:  # a separate loop, so the one above stays branch-free in inference
-                        for k in range(cb):
-                            mask_or_bit(mask, r, ox * CO + co0 + k, acc[k] != 0)
+                            acc += np.int64(w[co, ky, kx, ci]) * (np.int64(x[n, iy, ix, ci]) - xz)
+                acc += np.int64(bias[co])
+                acc = ((acc - INT32_MIN) & 0xFFFFFFFF) + INT32_MIN  # C's int32 acc + bias wraps (see Overflow)
+                v = mbqm(acc, mult[co], shift[co]) + yz
+                y[n, oy, ox, co] = np.int8(clamp(v, act_min, act_max))
+                if write_mask:
+                    byte = mask_put_bit(mask, r, j, byte, v >= act_min and v <= act_max)
+                    j += 1
+        if write_mask:
+            mask_flush_row(mask, r, j, byte)
 
 
 @njit(**NJIT_PARALLEL)

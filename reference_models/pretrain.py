@@ -7,7 +7,7 @@ This is how the project makes the weights it ships (reference_models/mcunet-5fps
 MODEL_CARD.md): no download, no ImageNet, only characters rendered from the DejaVu fonts in matplotlib's
 wheel (microtrain.data.glyphs).
 
-Data: TRAIN_SCRIPTS (or --scripts, never a held-out one) give 1,581 distinct characters; `classes` of them (default 1000, the size of the
+Data: TRAIN_SCRIPTS give 1,581 distinct characters (--scripts names others, never a held-out one); `classes` of them (default 1000, the size of the
 graph's classifier) are drawn with the seed. Every training image is a fresh rendering (face, size, stroke,
 rotation, shift; data.glyphs) followed by augment(): a smooth elastic warp, thinner or thicker strokes,
 ink and paper grey levels and pixel noise. HELD_OUT_SCRIPTS are never seen: they are the domain
