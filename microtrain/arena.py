@@ -61,6 +61,15 @@ class Arena:
     def __len__(self) -> int:
         return len(self._buffer)
 
+    def read_only_view(self, name: str, shape, dtype) -> np.ndarray:
+        """view(name, shape, dtype) made read-only (cached like view): how a kernel that only reads an arena
+        buffer gets it bound (see read_only)."""
+        v = self.view(name, shape, dtype)
+        key = (name, v.shape, v.dtype, "read-only")
+        if key not in self._views:
+            self._views[key] = read_only(v)
+        return self._views[key]
+
     def view(self, name: str, shape, dtype) -> np.ndarray:
         """A C-contiguous view of buffer `name` with this shape and dtype, at the buffer's planned offset.
 
@@ -97,3 +106,18 @@ class Arena:
         except TypeError:
             pass
         return v
+
+
+def read_only(a):
+    """`a` itself if it is read-only, else a read-only view of the same memory.
+
+    Why: Numba compiles one specialisation of a kernel per combination of argument types, and an array's
+    writability is part of its type. A kernel input that is a flash constant (read-only) in one binding and an
+    arena buffer or a writable NumPy array in another would compile the whole kernel twice, which is seconds of
+    first-call time for a parallel kernel. So every array a kernel only reads is bound read-only.
+    """
+    if not a.flags.writeable:
+        return a
+    v = a.view()
+    v.setflags(write=False)
+    return v

@@ -11,7 +11,7 @@ Tail (persistent) buffers: per-channel multipliers and shifts, as TFLM keeps the
 
 import numpy as np
 
-from microtrain.arena import Arena
+from microtrain.arena import Arena, read_only
 from microtrain.errors import InputError
 from microtrain.planner import PlanBuilder
 from microtrain.kernels.requant import activation_range_s8, add_multipliers, conv_multipliers
@@ -86,9 +86,12 @@ class Inference:
             mult = self.arena.view(f"{op.name}/mult", (op.cout,), np.int32)
             shift = self.arena.view(f"{op.name}/shift", (op.cout,), np.int32)
             mult[:], shift[:] = conv_multipliers(xq[0], p["w_scales"], yq[0])
+            # the kernel only reads these: bound read-only like a training step's (one Numba specialisation)
+            mult = self.arena.read_only_view(f"{op.name}/mult", (op.cout,), np.int32)
+            shift = self.arena.read_only_view(f"{op.name}/shift", (op.cout,), np.int32)
             lo, hi = activation_range_s8(op.act, yq[0], yq[1])
             x = self.view(op.inputs[0])
-            common = (p["weight"], p["bias"], mult, shift, xq[1], yq[1], lo, hi)
+            common = (read_only(p["weight"]), read_only(p["bias"]), mult, shift, xq[1], yq[1], lo, hi)
             if op.kind == "conv2d":
                 return conv2d_s8, (y, NO_MASK, x) + common + (op.stride, op.pad)
             if op.kind == "depthwise":

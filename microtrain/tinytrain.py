@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from microtrain.arena import Arena
+from microtrain.arena import Arena, read_only
 from microtrain.errors import ArenaOverflowError, ConfigError, InputError
 from microtrain.graph import CONV_KINDS, with_classes
 from microtrain.kernels.add import add_f32, add_s8
@@ -488,7 +488,7 @@ class FisherPass:
     def _weights(self, op):
         if self.fp.mode == "int8":
             p = self.model.params[op.name]
-            return p["weight"], p["bias"]
+            return read_only(p["weight"]), read_only(p["bias"])
         if f"w:{op.name}" not in self.flash:
             w, b = dequantized_weights(self.model, op)
             w.setflags(write=False)
@@ -536,9 +536,9 @@ class FisherPass:
         if int8:
             xq, yq = m.quant[op.inputs[0]], m.quant[op.output]
             key = f"mult:{op.name}"
-            if key not in self.flash:
-                self.flash[key], self.flash[f"shift:{op.name}"] = conv_multipliers(xq[0], m.params[op.name]["w_scales"],
-                                                                                  yq[0])
+            if key not in self.flash:  # flash constants: read-only (arena.read_only)
+                mult, shift = conv_multipliers(xq[0], m.params[op.name]["w_scales"], yq[0])
+                self.flash[key], self.flash[f"shift:{op.name}"] = read_only(mult), read_only(shift)
             lo, hi = activation_range_s8(op.act, *yq)
             fn = {"conv2d": conv2d_s8, "depthwise": depthwise_conv_s8, "pointwise": pointwise_conv_s8}[op.kind]
             return [(fn, (y, mask, xs[0], w, b, self.flash[key], self.flash[f"shift:{op.name}"], xq[1], yq[1], lo, hi)
@@ -580,7 +580,7 @@ class FisherPass:
         if int8:  # dx_real = sum dy_real * s_w[c] * w_int: fold s_w into dy (its Fisher term is done)
             key = f"sw:{op.name}"
             if key not in self.flash:
-                self.flash[key] = m.params[op.name]["w_scales"].astype(F32)
+                self.flash[key] = read_only(m.params[op.name]["w_scales"].astype(F32))
             calls.append((scale_channels_f32, (g, self.flash[key])))
         tmp = f"tmp:{op.name}" in fp.specs
         dx = self.v(f"tmp:{op.name}" if tmp else f"grad:{x}", n)

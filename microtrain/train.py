@@ -14,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-from microtrain.arena import Arena
+from microtrain.arena import Arena, read_only
 from microtrain.errors import InputError, NumericError
 from microtrain.kernels import update as upd
 from microtrain.kernels.add import add_s8, add_f32
@@ -140,15 +140,20 @@ class TrainStep:
             if w is None:
                 wf, bf = dequantized_weights(self.model, op)
                 w, b = self._flash(f"w:{op.name}", wf), self._flash(f"b:{op.name}", bf)
+        # the kernels that take w and b only read them: bound read-only, trainable or not (arena.read_only)
         if a.weight_update(op) is not None:
-            w = self.v(f"train:w:{op.name}")
+            w = self._read_only(f"train:w:{op.name}")
         elif self.opts.mode == "int8":
-            self.flash.setdefault(f"w:{op.name}", w)
+            w = self.flash.setdefault(f"w:{op.name}", read_only(w))
         if a.bias_update(op) is not None:
-            b = self.v(f"train:b:{op.name}")
+            b = self._read_only(f"train:b:{op.name}")
         elif self.opts.mode == "int8":
-            self.flash.setdefault(f"b:{op.name}", b)
+            b = self.flash.setdefault(f"b:{op.name}", read_only(b))
         return w, b
+
+    def _read_only(self, name):
+        shape, dtype = self.specs[name]
+        return self.arena.read_only_view(name, shape, dtype)
 
     # ---- binding --------------------------------------------------------------------------------
     def _bind(self):

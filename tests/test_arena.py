@@ -224,3 +224,20 @@ def test_zero_byte_buffer_and_empty_plan():
 def test_arena_needs_a_plan():
     with pytest.raises(PlanError, match="needs a microtrain.planner.Plan"):
         Arena({"x": 1})
+
+
+def test_read_only_view_is_cached_shares_memory_and_refuses_writes():
+    from microtrain.arena import read_only
+
+    arena = Arena(step_plan())
+    w = arena.view("w", (6,), np.int32)
+    r = arena.read_only_view("w", (6,), np.int32)
+    assert r is arena.read_only_view("w", (6,), np.int32) and not r.flags.writeable and w.flags.writeable
+    w[:] = np.arange(6)
+    assert np.array_equal(r, np.arange(6))  # the same bytes: an update through w is what the kernel reads
+    with pytest.raises(ValueError):
+        r[0] = 1
+    a = np.zeros(3)
+    ro = read_only(a)
+    assert not ro.flags.writeable and a.flags.writeable and np.shares_memory(a, ro)
+    assert read_only(ro) is ro

@@ -327,3 +327,44 @@ def test_wrong_training_input(bad):
         labels = np.array([0, K])
     with pytest.raises(errors.InputError):
         step.run(x, labels)
+
+
+def _conv_inputs_read_only(calls):
+    """(kernel name, True if w, bias (and int8 mult, shift) are read-only) for every conv kernel call bound."""
+    from microtrain.kernels.conv2d import conv2d_s8
+    from microtrain.kernels.depthwise import depthwise_conv_s8
+    from microtrain.kernels.pointwise import pointwise_conv_s8
+
+    s8 = (conv2d_s8, depthwise_conv_s8, pointwise_conv_s8)
+    out = []
+    for fn, args in calls:
+        name = getattr(fn, "__name__", "")
+        if fn in s8:
+            out.append((name, all(not a.flags.writeable for a in args[3:7])))
+        elif name.endswith("_backward_input") and not name.startswith("fully"):
+            out.append((name, not args[2].flags.writeable))
+    return out
+
+
+@pytest.mark.parametrize("cfg", ["full", "sparse"])
+def test_kernel_inputs_are_bound_read_only_trainable_or_frozen(cfg):
+    """Numba compiles a kernel once per argument types, writability included: a weight that is a flash constant
+    in one binding and a trainable arena buffer in another would compile the kernel twice (seconds of cold start).
+    So inference, the training step and the Fisher pass bind every array a conv kernel only reads read-only."""
+    from microtrain.graph import with_classes
+    from microtrain.inference import Inference
+    from microtrain.tinytrain import FisherPass, plan_fisher_pass
+
+    m = tiny_model()
+    config = full_train(m.graph) if cfg == "full" else SparseConfig("tiny", (LayerUpdate(2, weight=True, bias=True),))
+    step = TrainStep(m, config, K, TrainOptions(mode="int8", lr=0.01, batch=2), head=head_init(m))
+    inf = Inference(m, batch=2)
+    fisher = FisherPass(m, plan_fisher_pass(with_classes(m.graph, K), "int8", 2, 0, [4]), head=head_init(m))
+    x, y = batch("int8", 2)
+    fisher.run(x, y.astype(np.int32))
+    bound = [fn_args for fwd, _loss, back in fisher._calls.values() for fn_args in fwd + back]
+    step_calls = [c for c in step._forward + step._backward if not isinstance(c[0], str)]  # str: an update entry
+    checked = _conv_inputs_read_only(inf._steps) + _conv_inputs_read_only(step_calls) \
+        + _conv_inputs_read_only(bound)
+    assert len(checked) > len(m.graph.convs) and all(ok for _, ok in checked), [n for n, ok in checked if not ok]
+    step.run(x, y)  # the trainable weights still update through their writable views
