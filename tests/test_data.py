@@ -438,3 +438,16 @@ def test_digits_without_sklearn(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     with pytest.raises(DataError, match="pip install scikit-learn"):
         parse_spec("digits", 32)
+
+
+def test_letter_scripts_hold_letters_and_the_symbol_blocks_none():
+    """LETTER_SCRIPTS names the writing systems; every other SCRIPTS entry is a symbol block without a letter
+    (what `pretrain.py --scripts` relies on to pretrain with no letter of any script)."""
+    import unicodedata
+
+    from microtrain.data import LETTER_SCRIPTS
+
+    assert set(LETTER_SCRIPTS) < set(SCRIPTS)
+    for name, ranges in SCRIPTS.items():
+        cats = {unicodedata.category(chr(u))[0] for lo, hi in ranges for u in range(lo, hi + 1)} - {"C"}
+        assert (cats == {"L"}) if name in LETTER_SCRIPTS else ("L" not in cats), (name, cats)
