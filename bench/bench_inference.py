@@ -12,28 +12,18 @@
 Peers are optional: each case skips, with the reason, when its package is missing. The torch cases run last
 so that torch's thread pool is not running while the others are timed."""
 
-import os
-
 import numpy as np
 import pytest
 
 import numpy_ref
-from microtrain.graph import load_graph
+from bench_train import _import_torch, _model, threads, torch_net
 from microtrain.inference import Inference
 from microtrain.kernels.requant import activation_range_s8, add_multipliers, conv_multipliers
-from microtrain.model import random_model
 from microtrain.reference_models import NAMES
 
 LITERT_MAX_LSB = 4  # XNNPACK vs TFLM reference rounding: measured max 2 LSB on the logits (bench/README.md)
 IMPLS = ("microtrain", "numpy", "tflm", "litert", "torch")
 ROUNDS = {"microtrain": (5, 3), "numpy": (3, 1), "tflm": (3, 1), "litert": (5, 3), "torch": (5, 3)}  # (b1, b25)
-_MODELS = {}
-
-
-def _model(name):
-    if name not in _MODELS:
-        _MODELS[name] = random_model(load_graph(name), seed=1)
-    return _MODELS[name]
 
 
 def numpy_forward(model, x):
@@ -64,10 +54,6 @@ def numpy_forward(model, x):
     return t[g.output]
 
 
-def _threads():
-    return int(os.environ.get("NUMBA_NUM_THREADS", os.cpu_count() or 1))
-
-
 def tflm_runner(model, batch):
     pytest.importorskip("tflite_micro", reason="TFLite Micro peer: pip install microtrain[oracle]")
     from microtrain.tflite import TFLMRunner, export_tflite
@@ -81,7 +67,7 @@ def litert_runner(model, batch):
                                      reason="LiteRT peer: pip install ai-edge-litert (optional)")
     from microtrain.tflite import export_tflite
 
-    it = interp_mod.Interpreter(model_content=bytes(export_tflite(model, batch=batch)), num_threads=_threads())
+    it = interp_mod.Interpreter(model_content=bytes(export_tflite(model, batch=batch)), num_threads=threads())
     it.allocate_tensors()
     i_in, i_out = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
 
@@ -96,9 +82,7 @@ def litert_runner(model, batch):
 def torch_runner(model, x):
     """run(x) -> fp32 logits of PyTorch's fp32 network with the dequantized weights, on x (int8, the model's input
     quantization) dequantized once here: the int8 engine too is timed on an input already quantized."""
-    torch = pytest.importorskip("torch", reason="PyTorch peer: pip install torch (optional)")
-    torch.set_num_threads(_threads())
-    from bench_train import torch_net
+    torch = _import_torch()  # skips without torch; same threads as Numba
     from microtrain.ptq import float_forward
     from microtrain.sparse import SparseConfig
     from microtrain.train import dequantized_weights
@@ -134,7 +118,7 @@ def test_inference_s8(benchmark, name, batch, impl):
     g = model.graph
     benchmark.group = "inference_s8"
     benchmark.extra_info.update(macs=batch * (g.conv_macs() + g.op_macs(g.classifier)),
-                                arena_bytes=engine.plan.peak, threads=_threads())
+                                arena_bytes=engine.plan.peak, threads=threads())
     if impl == "microtrain":
         np.testing.assert_array_equal(ours, numpy_forward(model, x))
         fn = engine.run

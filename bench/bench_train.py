@@ -127,12 +127,17 @@ def test_train_step_b25(benchmark, name, config, mode, impl):
 
 # ---- the PyTorch peer ------------------------------------------------------------------------------
 
+def threads():
+    """The thread count of this run: Numba's (bench/conftest.py sets it), given to every peer alike."""
+    return int(os.environ.get("NUMBA_NUM_THREADS", os.cpu_count() or 1))
+
+
 def _import_torch():
     try:
         import torch
     except ImportError:
         pytest.skip("PyTorch peer: torch is not installed (optional, not a dependency; pip install torch)")
-    torch.set_num_threads(int(os.environ.get("NUMBA_NUM_THREADS", os.cpu_count())))  # same threads as Numba
+    torch.set_num_threads(threads())  # same threads as Numba
     return torch
 
 

@@ -7,11 +7,11 @@ This is how the project makes the weights it ships (reference_models/mcunet-5fps
 MODEL_CARD.md): no download, no ImageNet, only characters rendered from the DejaVu fonts in matplotlib's
 wheel (microtrain.data.glyphs).
 
-Data: TRAIN_SCRIPTS give 1,581 distinct characters (--scripts names others, never a held-out one); `classes` of them (default 1000, the size of the
-graph's classifier) are drawn with the seed. Every training image is a fresh rendering (face, size, stroke,
-rotation, shift; data.glyphs) followed by augment(): a smooth elastic warp, thinner or thicker strokes,
-ink and paper grey levels and pixel noise. HELD_OUT_SCRIPTS are never seen: they are the domain
-`microtrain adapt` adapts to by default.
+Data: TRAIN_SCRIPTS give 1,581 distinct characters (--scripts names others, never a held-out one); `classes`
+of them (default 1000, the size of the graph's classifier) are drawn with the seed. Every training image is a
+fresh rendering (face, size, stroke, rotation, shift; data.glyphs) followed by augment(): a smooth elastic
+warp, thinner or thicker strokes, ink and paper grey levels and pixel noise. HELD_OUT_SCRIPTS are never seen:
+they are the domain `microtrain adapt` adapts to by default.
 
 Training: microtrain.train.TrainStep in fp32 mode with every conv and the linear head trainable (the engine's
 full backward), Adam, linear warm-up then cosine decay. There is no batch norm in these graphs (the
@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from microtrain.data import GlyphRenderer, glyphs, script_names, to_size
 from microtrain.errors import InputError, MicrotrainError
 from microtrain.graph import load_graph, with_classes
 from microtrain.model import random_model
@@ -122,15 +123,12 @@ class GlyphStream:
     """Batches of augmented glyph renderings of `code_points`, as the model's fp32 input (2u/255 - 1)."""
 
     def __init__(self, code_points, renderer, size, seed):
-        from microtrain.data import to_size
-
         self.code_points = list(code_points)
         self.renderer, self.size, self.seed = renderer, size, seed
-        self.to_size = to_size
 
     def image(self, c, j, rng=None):
         """uint8 (size, size, 3): rendering j of class c, augmented with rng (None: plain rendering)."""
-        grey = self.to_size(self.renderer.render((self.code_points[c], j)), self.size, "glyph")[:, :, 0]
+        grey = to_size(self.renderer.render((self.code_points[c], j)), self.size, "glyph")[:, :, 0]
         if rng is not None:
             grey = augment(grey, rng)
         return np.repeat(grey[:, :, None], 3, axis=2)
@@ -170,9 +168,9 @@ def lr_at(step, steps, peak, warmup):
 
 
 def select_classes(classes, seed, canvas=CANVAS, scripts=TRAIN_SCRIPTS):
-    """(renderer, code points of the training classes): `classes` characters of `scripts`, drawn with seed."""
-    from microtrain.data import GlyphRenderer
-
+    """(renderer, code points of the training classes): `classes` characters of `scripts` (names of
+    microtrain.data.SCRIPTS, as a comma string or a sequence), drawn with seed."""
+    scripts = script_names(scripts)
     overlap = sorted(set(scripts) & set(HELD_OUT_SCRIPTS))
     if overlap:
         raise InputError(f"training scripts {', '.join(overlap)} are held out (HELD_OUT_SCRIPTS: the demo's domain); "
@@ -288,7 +286,6 @@ def main(argv=None):
 
 def run(args):
     from microtrain import ptq
-    from microtrain.data import glyphs
     from microtrain.fewshot import _chunked, evaluate, model_input
     from microtrain.inference import Inference
 
@@ -296,9 +293,7 @@ def run(args):
     graph = load_graph(args.model)
     classes = args.classes or graph.classifier.cout
     side = graph.input_shape[0]
-    from microtrain.data import script_names
-
-    scripts = tuple(script_names(args.scripts))
+    scripts = script_names(args.scripts)
     renderer, code_points = select_classes(classes, args.seed, scripts=scripts)
     stream = GlyphStream(code_points, renderer, side, args.seed)
     if args.workdir:

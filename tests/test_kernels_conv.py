@@ -28,8 +28,8 @@ CASES = {
     "batch3": dict(n=3, h=4, w=4, ci=2, co=3, k=3, stride=1, pad=1),
     # MCUNet / MbV2 / Proxyless stem: 3 -> 16 channels, k3 s2 p1 (real input 96-176 px; 12 px here).
     "mcunet_stem_3to16_k3_s2": dict(n=1, h=12, w=12, ci=3, co=16, k=3, stride=2, pad=1),
-    # KH*KW*Ci = 3136: the int8 kernel's transposed weight tile holds 20 output channels, so 45 run in three
-    # blocks (20, 20, 5), the last shorter than one LANES block
+    # wide and deep: KH*KW*Ci = 3136 taps, 45 output channels (an odd count past any 8- or 16-wide channel block a
+    # vectorised kernel would use, with a tail)
     "output_channel_blocks_k7_ci64": dict(n=1, h=4, w=5, ci=64, co=45, k=7, stride=1, pad=3),
     "mcunet_stem_relu6_range": dict(n=1, h=8, w=8, ci=3, co=16, k=3, stride=2, pad=1, act="relu6"),
     "saturate_small_y_scale": dict(n=1, h=6, w=6, ci=4, co=4, k=3, stride=1, pad=1, saturate=True),
@@ -100,7 +100,7 @@ def test_conv2d_f32_cases(name, act):
 @st.composite
 def geometry(draw):
     """Small random conv geometry: odd sizes, 1 channel, batch 1-2, stride 2 on odd inputs, k up to 7; up to 20
-    output channels (the int8 kernel's 8-wide blocks plus a tail)."""
+    output channels (past one 8- or 16-wide channel block, with a tail)."""
     k = draw(st.sampled_from([1, 3, 5, 7]))
     pad = draw(st.integers(0, k // 2))
     lo = max(1, k - 2 * pad)  # at least one output position
