@@ -1,4 +1,8 @@
-"""Whole-model int8 inference (batch 1 and 25) in the planned arena, against peers on the same weights:
+"""Whole-model int8 inference (batch 1 and 25) in the planned arena, against peers on the same weights.
+
+microtrain is Inference's default "blas" backend (convs and the classifier as exact float32 GEMMs in NumPy's
+BLAS); "reference" is its "reference" backend, the loop kernels that firmware mirrors. Both must equal the NumPy
+chain below bit for bit. Peers:
 
 - numpy: a NumPy chain of the vectorised reference ops (bench/numpy_ref.py); its int8 output must equal ours;
 - tflm: TFLite Micro's reference interpreter (tflite-micro's host build, `pip install microtrain[oracle]`) on
@@ -22,8 +26,9 @@ from microtrain.kernels.requant import activation_range_s8, add_multipliers, con
 from microtrain.reference_models import NAMES
 
 LITERT_MAX_LSB = 4  # XNNPACK vs TFLM reference rounding: measured max 2 LSB on the logits (bench/README.md)
-IMPLS = ("microtrain", "numpy", "tflm", "litert", "torch")
-ROUNDS = {"microtrain": (5, 3), "numpy": (3, 1), "tflm": (3, 1), "litert": (5, 3), "torch": (5, 3)}  # (b1, b25)
+IMPLS = ("microtrain", "reference", "numpy", "tflm", "litert", "torch")
+ROUNDS = {"microtrain": (5, 3), "reference": (5, 3), "numpy": (3, 1), "tflm": (3, 1), "litert": (5, 3),
+          "torch": (5, 3)}  # (b1, b25)
 
 
 def numpy_forward(model, x):
@@ -113,13 +118,13 @@ def _cases():
 def test_inference_s8(benchmark, name, batch, impl):
     model = _model(name)
     x = np.random.default_rng(0).integers(-128, 128, size=(batch, 128, 128, 3)).astype(np.int8)
-    engine = Inference(model, batch=batch)
+    engine = Inference(model, batch=batch, backend="reference" if impl == "reference" else "blas")
     ours = engine.run(x).copy()  # compiled outside the timer
     g = model.graph
     benchmark.group = "inference_s8"
     benchmark.extra_info.update(macs=batch * (g.conv_macs() + g.op_macs(g.classifier)),
-                                arena_bytes=engine.plan.peak, threads=threads())
-    if impl == "microtrain":
+                                arena_bytes=engine.plan.peak, host_bytes=engine.host_bytes, threads=threads())
+    if impl in ("microtrain", "reference"):
         np.testing.assert_array_equal(ours, numpy_forward(model, x))
         fn = engine.run
     elif impl == "numpy":
@@ -141,14 +146,15 @@ def test_inference_s8(benchmark, name, batch, impl):
 
 # ---- per-kernel profile of one inference ---------------------------------------------------------------------
 
-def profile(name, batch, repeats=5):
-    """Time each bound kernel call of Inference.run alone, mean of `repeats` runs, summed per kernel:
+def profile(name, batch, repeats=5, backend="blas"):
+    """Time each bound kernel call of Inference.run alone, mean of `repeats` runs, summed per kernel (a "blas"
+    GEMM step, widen or im2col + matmul + requantize, counts as one: _gemm_s8, _gemm_conv_s8):
     [(kernel name, seconds)] in decreasing order, and the total."""
     import time
     from collections import defaultdict
 
     model = _model(name)
-    engine = Inference(model, batch=batch)
+    engine = Inference(model, batch=batch, backend=backend)
     x = np.random.default_rng(0).integers(-128, 128, size=(batch, 128, 128, 3)).astype(np.int8)
     engine.run(x)  # compile, first touch
     per = defaultdict(float)
@@ -160,10 +166,11 @@ def profile(name, batch, repeats=5):
     return sorted(per.items(), key=lambda kv: -kv[1]), sum(per.values())
 
 
-if __name__ == "__main__":  # python bench/bench_inference.py MODEL [BATCH]
+if __name__ == "__main__":  # python bench/bench_inference.py MODEL [BATCH [BACKEND]]
     import sys
 
-    rows, total = profile(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 1)
+    rows, total = profile(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 1,
+                          backend=sys.argv[3] if len(sys.argv) > 3 else "blas")
     for k, v in rows:
         print(f"{k:24s} {v * 1e3:9.3f} ms {100 * v / total:5.1f} %")
     print(f"{'all kernels':24s} {total * 1e3:9.3f} ms")

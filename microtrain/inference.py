@@ -7,6 +7,14 @@ so `run` only copies the input in and calls kernels: no NumPy allocation.
 
 Tail (persistent) buffers: per-channel multipliers and shifts, as TFLM keeps them in the arena's tail
 (op data from AllocatePersistentBuffer). Weights and biases stay outside the arena: they are "flash".
+
+Two backends, identical outputs bit for bit (tests check both against TFLM):
+  - "reference": every op runs its loop kernel, the code the C twins mirror (docs/porting.md);
+  - "blas" (default): standard and 1x1 convs and the classifier run as float32 matrix products in NumPy's
+    BLAS (a standard conv over its im2col patches), exact
+    because every partial sum is an integer below 2^24 (kernels/gemm_io.py checks that bound per layer and
+    keeps the loop kernel where it fails). Host only: its float32 operands are host memory outside the
+    planned arena (`host_bytes`); the arena and its peak are the same for both backends.
 """
 
 import numpy as np
@@ -22,6 +30,9 @@ from microtrain.kernels.add import add_s8
 from microtrain.kernels.mask import NO_MASK  # inference writes no 1-bit training masks
 from microtrain.kernels.pool import global_mean_s8
 from microtrain.kernels.fully_connected import fully_connected_s8
+from microtrain.kernels.gemm_io import exact_in_f32, im2col_s8_f32, requantize_acc_f32_s8, widen_s8_f32
+
+BACKENDS = ("blas", "reference")
 
 
 def tensor_shape(graph, name, batch):
@@ -62,18 +73,57 @@ class Inference:
     """Whole-model int8 inference inside one arena of exactly `plan.peak` bytes.
 
     x (N, H, W, C) int8 in the model's input quantization -> logits (N, classes) int8.
+
+    backend: "blas" or "reference" (module docstring). host_bytes: the float32 GEMM operands and weights the
+    "blas" backend keeps outside the arena (0 for "reference").
     """
 
-    def __init__(self, model, batch=1, preserve_all=False, arena_buffer=None):
+    def __init__(self, model, batch=1, preserve_all=False, arena_buffer=None, backend="blas"):
+        if backend not in BACKENDS:
+            raise InputError(f"unknown inference backend {backend!r}; use one of {', '.join(BACKENDS)}")
         self.model = model
         self.graph = model.graph
         self.batch = batch
+        self.backend = backend
         self.plan = plan_inference(self.graph, batch, preserve_all)
         self.arena = Arena(self.plan, buffer=arena_buffer)
+        self._gemm_ops = self._gemm_layers() if backend == "blas" else {}
+        # one left operand and one result buffer shared by every GEMM layer (ops run one after another)
+        rows_in = max((p * ci for p, ci, _ in self._gemm_ops.values()), default=0)
+        rows_out = max((p * co for p, _, co in self._gemm_ops.values()), default=0)
+        self._xf = np.empty(rows_in, np.float32)
+        self._acc = np.empty(rows_out, np.float32)
+        self._wt = {}
         self._steps = [self._bind(op) for op in self.graph.ops]
+        self.host_bytes = self._xf.nbytes + self._acc.nbytes + sum(w.nbytes for w in self._wt.values())
 
     def view(self, tensor):
         return self.arena.view(tensor, tensor_shape(self.graph, tensor, self.batch), np.int8)
+
+    def _gemm_layers(self):
+        """{op name: (rows P, K, Co)} of the convs and classifiers whose sums are exact in float32: P output
+        pixels (or samples), K = KH * KW * Ci terms per sum."""
+        out = {}
+        for op in self.graph.ops:
+            if op.kind in ("conv2d", "pointwise", "fc"):
+                w = self.model.params[op.name]["weight"]
+                w2 = w.reshape(w.shape[0], -1)  # (Co, K): OHWI flattened in (ky, kx, ci) order
+                if exact_in_f32(w2, self.model.quant[op.inputs[0]][1]):
+                    shape = tensor_shape(self.graph, op.output, self.batch)
+                    out[op.name] = (int(np.prod(shape[:-1])), w2.shape[1], w2.shape[0])
+        return out
+
+    def _bind_gemm(self, op, y, x, bias, mult, shift, x_zp, y_zp, lo, hi):
+        """The "blas" backend's step for a conv / classifier: widen (or im2col), sgemm, requantize."""
+        P, k, co = self._gemm_ops[op.name]
+        w = self.model.params[op.name]["weight"].reshape(co, k)
+        wt = self._wt[op.name] = np.ascontiguousarray(w.T, dtype=np.float32)  # (K, Co), exact
+        xf = self._xf[:P * k].reshape(P, k)
+        acc = self._acc[:P * co].reshape(P, co)
+        tail = (xf, read_only(wt), acc, bias, mult, shift, x_zp, y_zp, lo, hi)
+        if op.kind == "conv2d":
+            return _gemm_conv_s8, (y.reshape(P, co), read_only(x)) + tail + (op.kernel, op.stride, op.pad)
+        return _gemm_s8, (y.reshape(P, co), read_only(x.reshape(P, k))) + tail
 
     def _bind(self, op):
         """(kernel, args) for one op, every array a view into the arena or a flash weight."""
@@ -91,6 +141,8 @@ class Inference:
             shift = self.arena.read_only_view(f"{op.name}/shift", (op.cout,), np.int32)
             lo, hi = activation_range_s8(op.act, yq[0], yq[1])
             x = self.view(op.inputs[0])
+            if op.name in self._gemm_ops:
+                return self._bind_gemm(op, y, x, read_only(p["bias"]), mult, shift, xq[1], yq[1], lo, hi)
             common = (read_only(p["weight"]), read_only(p["bias"]), mult, shift, xq[1], yq[1], lo, hi)
             if op.kind == "conv2d":
                 return conv2d_s8, (y, NO_MASK, x) + common + (op.stride, op.pad)
@@ -125,3 +177,20 @@ class Inference:
         for fn, args in self._steps:
             fn(*args)
         return self.view(self.graph.output)
+
+
+def _gemm_s8(y, x, xf, wt, acc, bias, mult, shift, x_zp, y_zp, lo, hi):
+    """One int8 1x1 conv / classifier as an exact float32 GEMM (kernels/gemm_io.py): y (P, Co) s8 from
+    x (P, Ci) s8; xf (P, Ci), acc (P, Co) f32 host scratch; wt (Ci, Co) f32. Allocates nothing: matmul writes
+    into acc."""
+    widen_s8_f32(xf, x, x_zp)
+    np.matmul(xf, wt, out=acc)
+    requantize_acc_f32_s8(y, acc, bias, mult, shift, y_zp, lo, hi)
+
+
+def _gemm_conv_s8(y, x, cols, wt, acc, bias, mult, shift, x_zp, y_zp, lo, hi, k, stride, pad):
+    """One int8 KxK conv as im2col + an exact float32 GEMM: y (P, Co) s8 from x (N, H, W, Ci) s8; cols (P, K*K*Ci),
+    acc (P, Co) f32 host scratch; wt (K*K*Ci, Co) f32."""
+    im2col_s8_f32(cols, x, x_zp, k, k, stride, pad)
+    np.matmul(cols, wt, out=acc)
+    requantize_acc_f32_s8(y, acc, bias, mult, shift, y_zp, lo, hi)

@@ -277,21 +277,21 @@ class TFLMRunner:
         return np.array(got["tensor_data"], dtype=got["dtype"]).reshape(tuple(got["shape"]))
 
 
-def compare_with_tflm(model, x, runner=None):
+def compare_with_tflm(model, x, runner=None, backend="blas"):
     """Run `model` on x (N, H, W, C) int8 with microtrain's Inference and with TFLM; compare every tensor.
 
     Both sides keep all tensors (Inference(preserve_all=True), TFLM kPreserveAllTensors), so every layer's
     output is compared, not only the logits, and the first layer that differs is named. runner: a
     TFLMRunner of export_tflite(model, batch=N) built with preserve_all=True, to reuse across inputs.
     Returns [(tensor name, op kind, elements compared, elements that differ)] in execution order, the
-    input first (kind "input") and the logits last.
+    input first (kind "input") and the logits last. backend: Inference's ("blas" or "reference").
     """
     from microtrain.inference import Inference
 
     g = model.graph
     if runner is None:
         runner = TFLMRunner(export_tflite(model, batch=x.shape[0]), preserve_all=True)
-    ours = Inference(model, batch=x.shape[0], preserve_all=True)
+    ours = Inference(model, batch=x.shape[0], preserve_all=True, backend=backend)
     ours.run(x)
     runner.run(x)
     rows = []

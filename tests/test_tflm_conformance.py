@@ -325,7 +325,7 @@ def _inputs(graph, batch, rng):
     return {"noise": noise, "smooth": smooth, "zeros": np.zeros((batch, h, w, c), np.int8)}
 
 
-def _check_model(model, label, batch=1, seed=0):
+def _check_model(model, label, batch=1, seed=0, backend="blas"):
     if JIT_DISABLED:
         pytest.skip("whole models take minutes per input as pure Python (NUMBA_DISABLE_JIT=1); "
                     "the single-layer cases cover the Python path")
@@ -333,7 +333,7 @@ def _check_model(model, label, batch=1, seed=0):
     failures = []
     for kind, x in _inputs(model.graph, batch, np.random.default_rng(seed)).items():
         t0 = time.perf_counter()
-        rows = compare_with_tflm(model, x, runner)
+        rows = compare_with_tflm(model, x, runner, backend)
         per = TALLY["per_model"].setdefault(label, {"runs": 0, "layers": 0, "outputs": 0, "diffs": 0,
                                                     "seconds": 0.0})
         compared = rows[1:]  # the input is copied, not computed
@@ -347,9 +347,10 @@ def _check_model(model, label, batch=1, seed=0):
     assert not failures, f"{label}: layers that differ from TFLM:\n" + "\n".join(failures)
 
 
+@pytest.mark.parametrize("backend", ["blas", "reference"])
 @pytest.mark.parametrize("name", NAMES)
-def test_random_model_matches_tflm_layer_by_layer(name):
-    _check_model(random_model(load_graph(name), seed=3), f"{name} (random)")
+def test_random_model_matches_tflm_layer_by_layer(name, backend):
+    _check_model(random_model(load_graph(name), seed=3), f"{name} (random, {backend})", backend=backend)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -363,7 +364,8 @@ def test_tiny_training_weights_match_tflm_layer_by_layer(name):
     path = MODELS / f"{name}.pkl"
     if not path.is_file():
         pytest.skip(f"tiny-training weights not found at {path} (set MICROTRAIN_SHARED to the shared folder)")
-    _check_model(load_model(name, path), f"{name} (tiny-training)")
+    for backend in ("blas", "reference"):  # real weights: both backends, one TFLM export
+        _check_model(load_model(name, path), f"{name} (tiny-training, {backend})", backend=backend)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,128 @@
+"""The two ends of the host GEMM path for int8 convs and the classifier (Inference(backend="blas")).
+
+An int8 pointwise conv or fully-connected layer is a matrix product: acc (P, Co) = (x - x_zp) (P, Ci) @ w.T
+(Ci, Co), P = pixels (or samples); a standard conv is one too, over its im2col patches (P, KH * KW * Ci). On the host that product can run in NumPy's float32 BLAS (sgemm) and still be
+*bit-exact*, because every value it forms is a small integer:
+  - each product w[co, ci] * (x - x_zp) is an integer (int8 times an int in [-255, 255]);
+  - any partial sum, in whatever order or blocking the BLAS chooses (and with or without FMA), is the sum of a
+    subset of those products, so its magnitude is at most B[co] = sum_ci |w[co, ci]| * max|x - x_zp|;
+  - float32 represents every integer up to 2^24 exactly, so when B[co] <= 2^24 no addition ever rounds and the
+    float result equals the int32 sum that TFLM's loop computes.
+`exact_in_f32` checks that bound per layer once, when the layer is bound; a layer that fails it (real weights
+would need >= 518 input channels of near-full-scale weights) keeps the integer loop kernel.
+
+widen_s8_f32 (1x1, FC) or im2col_s8_f32 (KxK) forms the GEMM's left operand; requantize_acc_f32_s8 turns its exact sums into int8 with the same
+acc + bias wrap, mbqm and clamp as pointwise_conv_s8 / fully_connected_s8, so y is identical bit for bit.
+Host only: firmware runs the loop kernels (their C twins); the GEMM's float32 buffers are host memory outside
+the planned arena (Inference.host_bytes).
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from microtrain.config import NJIT_PARALLEL
+
+
+F32_EXACT_INT = 1 << 24  # every integer of magnitude <= 2^24 is a float32
+
+
+def exact_in_f32(w, x_zp):
+    """True iff sgemm sums of w (Co, Ci) s8 against int8 inputs with zero point x_zp are exact (see above)."""
+    widest = max(127 - int(x_zp), int(x_zp) + 128)  # max |x - x_zp| over x in [-128, 127]
+    worst = int(np.abs(w.astype(np.int64)).sum(axis=1).max(initial=0)) * widest
+    return worst <= F32_EXACT_INT
+
+
+@njit(**NJIT_PARALLEL)
+def widen_s8_f32(xf, x, x_zp):
+    """xf[p, c] = x[p, c] - x_zp as float32 (exact: an integer in [-255, 255]).
+
+    Layout:    xf (P, C) f32 out; x (P, C) s8 (an NHWC activation viewed as pixels x channels).
+    Ownership: writes every element of xf; allocates nothing.
+    Parallel:  prange over rows; disjoint writes.
+    """
+    P, C = xf.shape
+    if x.shape[0] != P or x.shape[1] != C:
+        raise ValueError("widen_s8_f32: inconsistent shapes")
+    z = np.int32(x_zp)
+    for p in prange(P):
+        for c in range(C):
+            xf[p, c] = np.float32(np.int32(x[p, c]) - z)
+
+
+@njit(**NJIT_PARALLEL)
+def im2col_s8_f32(cols, x, x_zp, kh, kw, stride, pad):
+    """cols[p, (ky * KW + kx) * Ci + ci] = x[n, oy*stride - pad + ky, ox*stride - pad + kx, ci] - x_zp, float32.
+
+    Layout:    cols (N * OH * OW, KH * KW * Ci) f32 out, rows in (n, oy, ox) order, columns in the OHWI weight's
+               (ky, kx, ci) order, so conv2d = cols @ w.reshape(Co, -1).T; x (N, H, W, Ci) s8;
+               OH = (H + 2*pad - KH) // stride + 1 (and OW alike).
+    Padding:   taps outside the image are 0, as TFLM pads with x_zp (x_zp - x_zp = 0).
+    Ownership: writes every element of cols; allocates nothing.
+    Parallel:  prange over (n, oy) output rows; disjoint writes.
+    """
+    N, H, W, CI = x.shape
+    OH = (H + 2 * pad - kh) // stride + 1
+    OW = (W + 2 * pad - kw) // stride + 1
+    if cols.shape[0] != N * OH * OW or cols.shape[1] != kh * kw * CI:
+        raise ValueError("im2col_s8_f32: inconsistent shapes")
+    z = np.int32(x_zp)
+    for r in prange(N * OH):
+        n = r // OH
+        oy = r - n * OH
+        for ox in range(OW):
+            p = r * OW + ox
+            for ky in range(kh):
+                iy = oy * stride - pad + ky
+                for kx in range(kw):
+                    ix = ox * stride - pad + kx
+                    c0 = (ky * kw + kx) * CI
+                    if iy < 0 or iy >= H or ix < 0 or ix >= W:
+                        for ci in range(CI):
+                            cols[p, c0 + ci] = 0.0
+                    else:
+                        for ci in range(CI):
+                            cols[p, c0 + ci] = np.float32(np.int32(x[n, iy, ix, ci]) - z)
+
+
+@njit(**NJIT_PARALLEL)
+def requantize_acc_f32_s8(y, acc, bias, mult, shift, y_zp, act_min, act_max):
+    """y[p, co] = clamp(mbqm(wrap32(acc[p, co] + bias[co]), mult[co], shift[co]) + y_zp), the int8 output.
+
+    Layout:    y (P, Co) s8 out; acc (P, Co) f32 holding exact integer sums (see the module docstring);
+               bias (Co,) s32; mult, shift (Co,) s32 from requant.conv_multipliers.
+    Ownership: writes every element of y; allocates nothing.
+    Exactness: acc is an exact integer, so int32(acc) is the int32 accumulator of TFLM's loop; then the same
+               tail as pointwise_conv_s8: acc + bias wrapped to int32 (C's wrapping add), TFLM's double-rounding
+               MultiplyByQuantizedMultiplier (requant.mbqm: M in [2^30, 2^31) or 0, and a * 2^shift fits int32
+               when shift > 0), + y_zp, clamp.
+    Parallel:  prange over rows; disjoint writes.
+    """
+    P, CO = y.shape
+    if acc.shape[0] != P or acc.shape[1] != CO or bias.shape[0] != CO or mult.shape[0] != CO or shift.shape[0] != CO:
+        raise ValueError("requantize_acc_f32_s8: inconsistent shapes")
+    for p in prange(P):
+        for co in range(CO):
+            # The loop kernels' tail (acc + bias wrapped to int32, mbqm, + y_zp, clamp), written so that each
+            # value is an int32 as soon as it fits one: Numba widens int32 arithmetic to int64 and LLVM then
+            # vectorises 64-bit lanes, so fewer and narrower 64-bit steps run faster (1.5-1.8x, measured on
+            # MCUNet's shapes); the results are the same integers (tests: naive int64 reference, TFLM).
+            # exact: |acc| <= 2^24; then C's wrapping int32 add (the int64 sum truncated to int32)
+            a = np.int32(np.int64(np.int32(acc[p, co])) + np.int64(bias[co]))
+            s = shift[co]
+            left = max(s, np.int32(0))
+            right = max(-s, np.int32(0))
+            # SaturatingRoundingDoublingHighMul(a * 2^left, M) = (x * M + 2^30) >> 31: M >= 0, so the
+            # saturating case (both INT32_MIN) cannot occur; the result fits int32, and its low 32 bits are the
+            # same whether the int64 shift is arithmetic or logical
+            x = np.int64(np.int32(a << left)) * np.int64(mult[co]) + np.int64(1 << 30)
+            h = np.int32(np.uint64(x) >> np.uint64(31))
+            # RoundingDivideByPOT(h, right): round half away from zero
+            mask = np.int32((np.int32(1) << right) - np.int32(1))
+            threshold = np.int32((mask >> np.int32(1)) - (h >> np.int32(31)))  # + 1 when h < 0
+            v = np.int32((h >> right) + np.int32(np.int32(h & mask) > threshold) + np.int32(y_zp))
+            if v < act_min:
+                v = np.int32(act_min)
+            if v > act_max:
+                v = np.int32(act_max)
+            y[p, co] = np.int8(v)
