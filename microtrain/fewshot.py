@@ -631,10 +631,21 @@ def tune_lr(model, dataset, methods, *, grid=None, probes=3, probe_seed=PROBE_SE
     if not trained:
         raise ConfigError("tune_lr needs at least one method that trains (all but none)")
     accuracy = {m: [] for m in trained}
-    for v in grid:
-        ev = evaluate(model, dataset, trained, probes, seed=probe_seed, lr=float(v), **kw)
-        for row in ev.rows():
-            accuracy[row["method"]].append((float(v), row["acc"], row["ci95"]))
+    workers = kw.pop("workers", None)
+    # with workers: one local cluster for the whole grid (its worker processes stay warm), not one per lr
+    cluster = local_cluster(workers) if workers is not None and kw.get("scheduler") is None else None
+    if cluster is not None:
+        kw["scheduler"] = cluster.scheduler_address
+    elif workers is not None:
+        kw["workers"] = workers  # evaluate refuses workers with a scheduler, and says so
+    try:
+        for v in grid:
+            ev = evaluate(model, dataset, trained, probes, seed=probe_seed, lr=float(v), **kw)
+            for row in ev.rows():
+                accuracy[row["method"]].append((float(v), row["acc"], row["ci95"]))
+    finally:
+        if cluster is not None:
+            cluster.close()
     chosen = {}
     for m, accs in accuracy.items():
         best = max(a for _, a, _ in accs)
@@ -688,14 +699,32 @@ def _run_task(model, episode, method, index, seed, adapt_kw):
     return r
 
 
-def _evaluate_dask(model, draw, first, methods, episodes, seed, workers, scheduler, adapt_kw, bar):
+def _import_distributed():
     try:
-        from distributed import Client, LocalCluster, as_completed
+        import distributed
     except ImportError:
         raise MicrotrainError('distributed evaluation (workers / scheduler) needs dask: pip install '
                               '"dask[distributed]" (or microtrain[distributed]); or run serially') from None
+    return distributed
+
+
+def local_cluster(workers):
+    """A dask LocalCluster of `workers` single-threaded worker processes on the loopback interface (close it)."""
     import logging
 
+    distributed = _import_distributed()
+    # loopback only; the scheduler's HTTP endpoint on a free port (its default, 8787, may be taken).
+    # One Numba thread per worker: N workers already fill N cores, and oversubscribed OpenMP barriers
+    # spin (milliseconds per parallel kernel call). Results do not depend on the thread count (the
+    # parallel kernels write disjoint slices).
+    return distributed.LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, host="127.0.0.1",
+                                    dashboard_address=":0", silence_logs=logging.ERROR,
+                                    env={"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+                                         "OPENBLAS_NUM_THREADS": "1"})
+
+
+def _evaluate_dask(model, draw, first, methods, episodes, seed, workers, scheduler, adapt_kw, bar):
+    Client, as_completed = _import_distributed().Client, _import_distributed().as_completed
     cluster = None
     try:
         if scheduler is not None:
@@ -705,13 +734,7 @@ def _evaluate_dask(model, draw, first, methods, episodes, seed, workers, schedul
                 raise MicrotrainError(f"cannot reach the dask scheduler at {scheduler} ({e})") from None
             n_workers = max(1, len(client.scheduler_info().get("workers", {})))
         else:
-            # loopback only; the scheduler's HTTP endpoint on a free port (its default, 8787, may be taken).
-            # One Numba thread per worker: N workers already fill N cores, and oversubscribed OpenMP barriers
-            # spin (milliseconds per parallel kernel call). Results do not depend on the thread count (the
-            # parallel kernels write disjoint slices).
-            cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, host="127.0.0.1",
-                                   dashboard_address=":0", silence_logs=logging.ERROR,
-                                   env={"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
+            cluster = local_cluster(workers)
             client = Client(cluster)
             n_workers = int(workers)
         try:

@@ -148,6 +148,22 @@ def test_serial_equals_dask(model, dataset, files):
     assert [(r.episode, r.method) for r in dist.results] == [(i, m) for i in range(3) for m in methods]
 
 
+def test_tune_lr_with_workers_equals_serial_on_one_cluster(model, dataset, monkeypatch):
+    pytest.importorskip("distributed")
+    import microtrain.fewshot as fs
+
+    kw = dict(grid=(0.01, 0.2), probes=2, probe_seed=9, progress=False, **FAST)
+    serial = tune_lr(model, dataset, ("lastlayer", "biasonly"), **kw)
+    started = []
+    real = fs.local_cluster
+    monkeypatch.setattr(fs, "local_cluster", lambda n: started.append(n) or real(n))
+    dist = tune_lr(model, dataset, ("lastlayer", "biasonly"), workers=2, **kw)
+    assert (dist.chosen, dist.accuracy) == (serial.chosen, serial.accuracy)
+    assert started == [2]  # one cluster for the whole grid, not one per lr
+    with pytest.raises(errors.ConfigError, match="not both"):
+        tune_lr(model, dataset, ("lastlayer",), workers=2, scheduler="tcp://127.0.0.1:1", **kw)
+
+
 def test_missing_dask_is_a_named_error(model, dataset, monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
     with pytest.raises(errors.MicrotrainError, match="dask"):
