@@ -11,10 +11,11 @@ import sys
 import numpy as np
 
 from microtrain.errors import InputError, MicrotrainError
-from microtrain.reference_models import HELD_OUT_SCRIPTS, SHIPPED_WEIGHTS, TRAIN_SCRIPTS, shipped_weights
+from microtrain.reference_models import (DEMO_DATA, DEMO_LR, HELD_OUT_SCRIPTS, SHIPPED_WEIGHTS, TRAIN_SCRIPTS,
+                                        shipped_weights)
 
-# `microtrain adapt` with no --data: glyph scripts the shipped weights never saw in pretraining
-DEFAULT_ADAPT_DATA = "glyphs:" + ",".join(HELD_OUT_SCRIPTS)
+# `microtrain adapt` with no --data: glyph scripts the shipped weights never saw in pretraining, on graph paper
+DEFAULT_ADAPT_DATA = DEMO_DATA
 
 
 def _load(args):
@@ -241,14 +242,16 @@ def cmd_adapt(args):
         args.data = DEFAULT_ADAPT_DATA
     model = _load(args)
     data = _fewshot_data(args, model)
-    if shipped and args.data.startswith("glyphs:"):
-        seen = set(args.data[len("glyphs:"):].split(",")) & set(TRAIN_SCRIPTS + ("all",))
+    if shipped and data.name.startswith("glyphs:"):
+        seen = set(data.groups) & set(TRAIN_SCRIPTS)  # a glyph set's groups are its scripts
         if seen:
             print(f"note: the shipped weights were pretrained on the glyph scripts {', '.join(sorted(seen))}; "
                   f"this is not a held-out domain (held out: {', '.join(HELD_OUT_SCRIPTS)})", file=sys.stderr)
     kw = {"mode": args.mode, "scheme": args.scheme}
     if args.lr is not None:
         kw["lr"] = args.lr
+    elif shipped and args.data == DEMO_DATA and args.mode == "int8" and args.method in DEMO_LR:
+        kw["lr"] = DEMO_LR[args.method]  # tuned on probe episodes of this domain (reference_models/__init__.py)
     report, step = adapt(model, data, method=args.method, ways=args.ways, shots=args.shots, queries=args.queries,
                          seed=args.seed, steps=args.steps, batch=args.batch, memory_budget=args.memory_budget,
                          progress=not (args.quiet or args.json), **kw)
@@ -484,7 +487,7 @@ def build_parser():
     s = sub.add_parser("select", help="TinyTrain's layer/channel selection for one support set (Fisher pass + s_i)")
     s.add_argument("model")
     s.add_argument("--weights", required=True, help="tiny-training .pkl, microtrain .npz, or 'shipped'")
-    s.add_argument("--data", required=True, help="omniglot:PATH, folder:PATH, glyphs:SCRIPTS or digits")
+    s.add_argument("--data", required=True, help="omniglot:PATH, folder:PATH, glyphs:SCRIPTS[:STYLE] or digits")
     s.add_argument("--ways", type=int, default=5)
     s.add_argument("--shots", type=int, default=5)
     s.add_argument("--queries", type=int, default=15,
@@ -505,8 +508,8 @@ def build_parser():
                    help="reference model name or a YAML spec (default mcunet-5fps)")
     s.add_argument("--weights", help="tiny-training .pkl or microtrain .npz (default: the project's shipped "
                                      "weights, pretrained on rendered glyphs; mcunet-5fps only)")
-    s.add_argument("--data", help="omniglot:PATH, folder:PATH, glyphs:SCRIPTS or digits (default: "
-                                  f"{DEFAULT_ADAPT_DATA}, scripts the shipped weights never saw)")
+    s.add_argument("--data", help="omniglot:PATH, folder:PATH, glyphs:SCRIPTS[:STYLE] or digits (default: "
+                                  f"{DEFAULT_ADAPT_DATA}, scripts the shipped weights never saw, on graph paper)")
     s.add_argument("--method", default="tinytrain", help="none, fulltrain, lastlayer, biasonly, sparseupdate, "
                                                          "tinytrain (default), tinytrain-l2, tinytrain-random")
     s.add_argument("--ways", type=int, default=5)
@@ -514,7 +517,9 @@ def build_parser():
     s.add_argument("--queries", type=int, default=15, help="queries per class (default 15)")
     s.add_argument("--steps", type=int, default=25)
     s.add_argument("--batch", type=int, default=5, help="support images per step (default 5)")
-    s.add_argument("--lr", type=float, help="learning rate (default: int8 SGD 0.005, fp32 Adam 1e-3)")
+    s.add_argument("--lr", type=float, help="learning rate (default: with the shipped weights on the default "
+                                            "data, the method's lr tuned for it (tinytrain 0.02); else int8 SGD "
+                                            "0.005, fp32 Adam 1e-3)")
     s.add_argument("--memory-budget", type=int, default=262_144, help="bytes, for tinytrain* (default 262144)")
     s.add_argument("--mode", choices=["int8", "fp32"], default="int8")
     s.add_argument("--seed", type=int, default=0)
@@ -527,7 +532,7 @@ def build_parser():
     s = sub.add_parser("evaluate", help="few-shot evaluation of adaptation methods over episodes")
     s.add_argument("model")
     s.add_argument("--weights", required=True, help="tiny-training .pkl, microtrain .npz, or 'shipped'")
-    s.add_argument("--data", required=True, help="omniglot:PATH, folder:PATH, glyphs:SCRIPTS or digits")
+    s.add_argument("--data", required=True, help="omniglot:PATH, folder:PATH, glyphs:SCRIPTS[:STYLE] or digits")
     s.add_argument("--methods", default="all",
                    help="comma list of none, fulltrain, lastlayer, biasonly, sparseupdate, tinytrain, tinytrain-l2, "
                         "tinytrain-random; or all (default)")

@@ -22,7 +22,8 @@ DEFAULT_CACHE_BYTES = 256 << 20  # resized images kept in memory per Dataset; al
 
 SPEC_FORMS = ("omniglot:PATH  (a folder holding Omniglot's images_*.zip, or one such zip)",
               "folder:PATH    (one sub-folder of images per class)",
-              "glyphs:SCRIPTS (comma list of scripts rendered from the DejaVu fonts, or 'all')",
+              "glyphs:SCRIPTS[:STYLE] (comma list of scripts rendered from the DejaVu fonts, or 'all'; "
+              "STYLE plain (default), graphpaper or chalk)",
               "digits         (scikit-learn's 8x8 digits)")
 
 
@@ -153,7 +154,8 @@ def parse_spec(spec, size, *, seed=0, cache_bytes=DEFAULT_CACHE_BYTES):
     if kind == "folder" and sep and arg:
         return image_folder(arg, size, cache_bytes=cache_bytes)
     if kind == "glyphs" and sep and arg:
-        return glyphs(arg, size, seed=seed, cache_bytes=cache_bytes)
+        scripts, _, style = arg.partition(":")
+        return glyphs(scripts, size, seed=seed, style=style.strip().lower() or "plain", cache_bytes=cache_bytes)
     if kind == "digits" and not arg:
         return digits(size, cache_bytes=cache_bytes)
     raise DataError(f"unknown dataset spec {spec!r}; the forms are:\n  " + "\n  ".join(SPEC_FORMS))
@@ -329,7 +331,7 @@ DEJAVU_FACES = ("DejaVuSans", "DejaVuSans-Bold", "DejaVuSans-Oblique", "DejaVuSa
                 "DejaVuSansMono", "DejaVuSansMono-Bold", "DejaVuSansMono-Oblique", "DejaVuSansMono-BoldOblique")
 
 
-def glyphs(scripts, size, *, per_class=20, seed=0, canvas=105, cache_bytes=DEFAULT_CACHE_BYTES):
+def glyphs(scripts, size, *, per_class=20, seed=0, canvas=105, style="plain", cache_bytes=DEFAULT_CACHE_BYTES):
     """Characters rendered from the DejaVu fonts in matplotlib's wheel: each character a class, per_class
     renderings each (an Omniglot-like set: black ink on white, intra-class variation instead of drawers).
 
@@ -339,16 +341,24 @@ def glyphs(scripts, size, *, per_class=20, seed=0, canvas=105, cache_bytes=DEFAU
     that draw u (Sans/Serif/Mono x regular/bold/oblique), an em size of 0.4-0.7 canvas (shrunk so the glyph
     box is at most 0.7 canvas), an extra stroke of 0 or 1 pixel, a rotation in [-15, 15] degrees and a shift
     of up to 0.1 canvas that keeps the rotated box inside. Then resized to size x size like every dataset.
+    style: how the ink meets the page (PAPER_STYLES): "plain" is black ink on white paper, as above and as the
+    shipped weights were pretrained; "graphpaper" and "chalk" draw the same renderings in colour on a page those
+    weights never saw (see paper_style), a change of appearance on top of the change of script.
     Identical for a seed given the same Pillow/FreeType and font files. Needs Pillow and matplotlib.
     """
     names = script_names(scripts)
     if per_class < 1 or canvas < 8:
         raise DataError(f"glyphs: need per_class >= 1 and canvas >= 8, got {per_class} and {canvas}")
+    if style not in PAPER_STYLES:
+        raise DataError(f"glyphs: unknown style {style!r}; choose from {', '.join(PAPER_STYLES)}")
     renderer = GlyphRenderer(canvas, int(seed))
     code_points, groups = renderer.select(names)
     class_names = [f"U+{u:04X} {unicodedata.name(chr(u), '?')}" for u in code_points]
     items = [[(u, j) for j in range(per_class)] for u in code_points]
-    return Dataset(f"glyphs:{','.join(names)}", class_names, items, renderer.render, size, groups=groups,
+    load, suffix = renderer.render, ""
+    if style != "plain":
+        load, suffix = _Styled(renderer.render, style, int(seed)), f":{style}"
+    return Dataset(f"glyphs:{','.join(names)}{suffix}", class_names, items, load, size, groups=groups,
                    flip_ok=False, cache_bytes=cache_bytes)
 
 
@@ -445,6 +455,69 @@ class GlyphRenderer:
                                        stroke_width=stroke, stroke_fill=255)
         ink = ink.rotate(angle, resample=self._Image.Resampling.BILINEAR, center=(cx, cy), fillcolor=0)
         return 255 - np.asarray(ink, np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------- paper styles
+
+PAPER_STYLES = ("plain", "graphpaper", "chalk")
+
+
+class _Styled:
+    """load(ref) for a styled glyph set: the plain rendering, then paper_style with its own seeded stream."""
+
+    def __init__(self, render, style, seed):
+        self.render, self.style, self.seed = render, style, seed
+
+    def __call__(self, ref):
+        u, j = ref
+        # (seed, u, j, 1): a stream of its own, so the glyph's shape is the plain set's rendering j exactly
+        return paper_style(self.render(ref), self.style, np.random.default_rng([self.seed, u, j, 1]))
+
+
+def paper_style(grey, style, rng):
+    """uint8 (S, S, 3): the black-on-white rendering `grey` (uint8 (S, S)) drawn in colour on another page.
+
+    The ink coverage is alpha = (255 - grey) / 255; the page and the ink are drawn from rng per image:
+      graphpaper: pale paper of a random tint, shaded by a smooth low-frequency field (+-8 %, uneven light),
+                  blue-grey grid lines every 9-15 px at a random offset, ink of a random dark colour (blue-ish
+                  pen or near-black), Gaussian pixel noise sigma 6;
+      chalk:      a dark green board shaded +-25 %, chalk of a random light grey whose coverage is thinned by a
+                  per-pixel grain (x U(0.6, 1)), noise sigma 8. Light on dark: the opposite polarity to "plain".
+    Pretraining (reference_models/pretrain.py) only varies the ink and paper grey levels of the plain style, so
+    both are appearance shifts the shipped weights have not seen.
+    """
+    n = grey.shape[0]
+    alpha = ((255.0 - grey.astype(np.float64)) / 255.0)[..., None]
+    if style == "graphpaper":
+        page = rng.uniform(200, 255, 3) * (1 + 0.08 * _smooth_field(rng, n, 3))[..., None]
+        step = int(rng.integers(9, 16))
+        first = int(rng.integers(0, step))
+        line = rng.uniform([60, 90, 160], [140, 170, 230])
+        grid = np.zeros((n, n), bool)
+        grid[first::step, :] = True
+        grid[:, first::step] = True
+        page = np.where(grid[..., None], 0.5 * page + 0.5 * line, page)
+        ink = rng.uniform([0, 0, 40], [80, 80, 160]) if rng.random() < 0.5 else rng.uniform(0, 70, 3)
+        noise = 6.0
+    elif style == "chalk":
+        page = rng.uniform([20, 40, 25], [60, 90, 60]) * (1 + 0.25 * _smooth_field(rng, n, 4))[..., None]
+        ink = rng.uniform(200, 250, 3)
+        alpha = alpha * rng.uniform(0.6, 1.0, alpha.shape)
+        noise = 8.0
+    else:
+        raise DataError(f"paper_style: unknown style {style!r}; choose from {', '.join(PAPER_STYLES[1:])}")
+    out = page * (1 - alpha) + ink * alpha + rng.normal(0.0, noise, (n, n, 3))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _smooth_field(rng, n, cells):
+    """float64 (n, n): N(0, 1) values on a (cells + 1)^2 lattice, bilinearly interpolated over n x n pixels."""
+    g = rng.standard_normal((cells + 1, cells + 1))
+    pos = np.linspace(0.0, cells, n)
+    i = np.minimum(pos.astype(np.int64), cells - 1)
+    f = pos - i
+    rows = g[i] * (1 - f)[:, None] + g[i + 1] * f[:, None]  # (n, cells + 1): interpolated down the rows
+    return rows[:, i] * (1 - f)[None, :] + rows[:, i + 1] * f[None, :]
 
 
 def _mask_key(font, ch):

@@ -410,6 +410,28 @@ def test_glyphs():
         parse_spec("glyphs:latin,klingon", 32)
 
 
+@pytest.mark.parametrize("style", ["graphpaper", "chalk"])
+def test_glyph_paper_styles(style):
+    pytest.importorskip("PIL", reason="glyphs need Pillow")
+    pytest.importorskip("matplotlib", reason="glyphs need matplotlib's DejaVu fonts")
+    plain = glyphs("hebrew", 64, per_class=4)
+    d = parse_spec(f"glyphs:hebrew:{style.upper()}", 64)
+    assert d.name == f"glyphs:hebrew:{style}" and d.class_names == plain.class_names and d.flip_ok is False
+    x, ref = d.images(5, range(4)), plain.images(5, range(4))
+    assert x.shape == (4, 64, 64, 3) and x.dtype == np.uint8
+    assert not np.array_equal(x[..., 0], x[..., 1])  # in colour
+    assert np.array_equal(x, glyphs("hebrew", 64, per_class=4, style=style).images(5, range(4)))  # seeded
+    assert not np.array_equal(x, glyphs("hebrew", 64, per_class=4, style=style, seed=1).images(5, range(4)))
+    # the same glyph drawn on another page: ink pixels of the plain rendering stand out from the page the
+    # other way round on a chalkboard (light on dark) and the same way on graph paper
+    lum = x.astype(np.float64).mean(axis=3)
+    ink, page = ref[..., 0] < 60, ref[..., 0] > 220
+    diff = np.array([lum[i][ink[i]].mean() - lum[i][page[i]].mean() for i in range(4)])
+    assert np.all(diff > 60) if style == "chalk" else np.all(diff < -60)
+    with pytest.raises(DataError, match="unknown style 'sepia'.*plain, graphpaper, chalk"):
+        parse_spec("glyphs:hebrew:sepia", 32)
+
+
 def test_glyphs_scripts_all_render():
     pytest.importorskip("PIL", reason="glyphs need Pillow")
     pytest.importorskip("matplotlib", reason="glyphs need matplotlib's DejaVu fonts")

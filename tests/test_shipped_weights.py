@@ -11,7 +11,7 @@ from microtrain.cli import DEFAULT_ADAPT_DATA, main
 from microtrain.fewshot import model_input
 from microtrain.inference import Inference
 from microtrain.model import load_model
-from microtrain.reference_models import HELD_OUT_SCRIPTS, SHIPPED_WEIGHTS, TRAIN_SCRIPTS, shipped_weights
+from microtrain.reference_models import DEMO_LR, HELD_OUT_SCRIPTS, SHIPPED_WEIGHTS, TRAIN_SCRIPTS, shipped_weights
 from microtrain.reference_models import pretrain as pt
 
 PATH = shipped_weights("mcunet-5fps")
@@ -33,7 +33,7 @@ def test_shipped_file_is_registered_and_describes_itself(model):
     assert len(m["classes"]) == model.graph.classifier.cout == 1000
     assert m["train_scripts"] == list(TRAIN_SCRIPTS) and m["held_out_scripts"] == list(HELD_OUT_SCRIPTS)
     assert "pretrain" in m["source"]
-    assert DEFAULT_ADAPT_DATA == "glyphs:" + ",".join(HELD_OUT_SCRIPTS)
+    assert DEFAULT_ADAPT_DATA == "glyphs:" + ",".join(HELD_OUT_SCRIPTS) + ":graphpaper"
 
 
 def test_shipped_weights_classify_fresh_renderings(model):
@@ -60,6 +60,7 @@ def test_adapt_with_no_arguments_uses_shipped_weights_and_held_out_glyphs(capsys
     assert d["model"] == "mcunet-5fps" and d["data"] == DEFAULT_ADAPT_DATA
     r = d["result"]
     assert r["method"] == "tinytrain" and r["peak_bytes"] <= 262_144 and r["steps"] == 2
+    assert r["lr"] == DEMO_LR["tinytrain"]  # the demo domain's tuned lr
     assert "note:" not in err  # a held-out domain: no warning
     rc = main(["adapt", "--data", "glyphs:latin", "--steps", "1", "--queries", "1", "--method", "none", "--json"])
     out, err = capsys.readouterr()
