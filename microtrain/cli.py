@@ -11,8 +11,8 @@ import sys
 import numpy as np
 
 from microtrain.errors import InputError, MicrotrainError
-from microtrain.reference_models import (DEMO_DATA, DEMO_LR, HELD_OUT_SCRIPTS, SHIPPED_WEIGHTS, TRAIN_SCRIPTS,
-                                        shipped_weights)
+from microtrain.reference_models import (DEMO_DATA, DEMO_LR, DEMO_SETTINGS, HELD_OUT_SCRIPTS, SHIPPED_WEIGHTS,
+                                        TRAIN_SCRIPTS, shipped_weights)
 
 # `microtrain adapt` with no --data: glyph scripts the shipped weights never saw in pretraining, on graph paper
 DEFAULT_ADAPT_DATA = DEMO_DATA
@@ -227,6 +227,15 @@ def _fewshot_data(args, model):
     return parse_spec(args.data, h, seed=args.seed)
 
 
+def demo_lr(args, shipped):
+    """The lr tuned for the demo (reference_models.DEMO_LR) when adapt runs the shipped weights on DEMO_DATA at
+    DEMO_SETTINGS in int8 mode with a method that has one; else None (adapt_episode's default)."""
+    if (shipped and args.data == DEMO_DATA and args.mode == "int8" and args.method in DEMO_LR
+            and (args.steps, args.batch, args.memory_budget) == DEMO_SETTINGS):
+        return DEMO_LR[args.method]
+    return None
+
+
 def cmd_adapt(args):
     from microtrain.adapt import adapt, save_adapted
     from microtrain.fewshot import METHODS
@@ -248,10 +257,9 @@ def cmd_adapt(args):
             print(f"note: the shipped weights were pretrained on the glyph scripts {', '.join(sorted(seen))}; "
                   f"this is not a held-out domain (held out: {', '.join(HELD_OUT_SCRIPTS)})", file=sys.stderr)
     kw = {"mode": args.mode, "scheme": args.scheme}
-    if args.lr is not None:
-        kw["lr"] = args.lr
-    elif shipped and args.data == DEMO_DATA and args.mode == "int8" and args.method in DEMO_LR:
-        kw["lr"] = DEMO_LR[args.method]  # tuned on probe episodes of this domain (reference_models/__init__.py)
+    lr = args.lr if args.lr is not None else demo_lr(args, shipped)
+    if lr is not None:
+        kw["lr"] = lr
     report, step = adapt(model, data, method=args.method, ways=args.ways, shots=args.shots, queries=args.queries,
                          seed=args.seed, steps=args.steps, batch=args.batch, memory_budget=args.memory_budget,
                          progress=not (args.quiet or args.json), **kw)
@@ -515,11 +523,11 @@ def build_parser():
     s.add_argument("--ways", type=int, default=5)
     s.add_argument("--shots", type=int, default=5)
     s.add_argument("--queries", type=int, default=15, help="queries per class (default 15)")
-    s.add_argument("--steps", type=int, default=25)
+    s.add_argument("--steps", type=int, default=DEMO_SETTINGS[0], help=f"default {DEMO_SETTINGS[0]}")
     s.add_argument("--batch", type=int, default=5, help="support images per step (default 5)")
-    s.add_argument("--lr", type=float, help="learning rate (default: with the shipped weights on the default "
-                                            "data, the method's lr tuned for it (tinytrain 0.02); else int8 SGD "
-                                            "0.005, fp32 Adam 1e-3)")
+    s.add_argument("--lr", type=float, help="learning rate (default: with the shipped weights on the default data "
+                                            "and settings, the lr tuned for them (tinytrain "
+                                            f"{DEMO_LR['tinytrain']:g}); else int8 SGD 0.005, fp32 Adam 1e-3)")
     s.add_argument("--memory-budget", type=int, default=262_144, help="bytes, for tinytrain* (default 262144)")
     s.add_argument("--mode", choices=["int8", "fp32"], default="int8")
     s.add_argument("--seed", type=int, default=0)

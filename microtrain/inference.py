@@ -11,10 +11,10 @@ Tail (persistent) buffers: per-channel multipliers and shifts, as TFLM keeps the
 Two backends, identical outputs bit for bit (tests check both against TFLM):
   - "reference": every op runs its loop kernel, the code the C twins mirror (docs/porting.md);
   - "blas" (default): standard and 1x1 convs and the classifier run as float32 matrix products in NumPy's
-    BLAS (a standard conv over its im2col patches), exact
-    because every partial sum is an integer below 2^24 (kernels/gemm_io.py checks that bound per layer and
-    keeps the loop kernel where it fails). Host only: its float32 operands are host memory outside the
-    planned arena (`host_bytes`); the arena and its peak are the same for both backends.
+    BLAS (a standard conv over its im2col patches), exact because every partial sum is an integer below 2^24
+    (kernels/gemm_io.py checks that bound per layer and keeps the loop kernel where it fails). Host only: its
+    float32 operands are host memory outside the planned arena (`host_bytes`); the arena and its peak are the
+    same for both backends.
 """
 
 import numpy as np

@@ -17,10 +17,12 @@ HELD_OUT_SCRIPTS = ("armenian", "georgian", "hebrew", "nko", "lao", "tifinagh")
 # change of appearance on top of the change of script (pretraining only saw grey ink on plain paper). On plain
 # paper adaptation does not beat the prototype head (docs/results.md §6); on graph paper it does (§6c).
 DEMO_DATA = "glyphs:" + ",".join(HELD_OUT_SCRIPTS) + ":graphpaper"
-# Learning rate per method for DEMO_DATA (int8 SGD, 25 steps of batch 5), chosen by tune_lr on 3 probe episodes
-# (probe seed 1000, never the evaluated episodes) from 0.001, 0.005, 0.02, 0.05 (docs/results.md §6c).
-DEMO_LR = {"fulltrain": 0.005, "lastlayer": 0.001, "biasonly": 0.05, "sparseupdate": 0.001, "tinytrain": 0.02,
-           "tinytrain-l2": 0.05, "tinytrain-random": 0.05}
+# The demo's training settings (steps, batch, memory budget in bytes) and the learning rate per method chosen for
+# them by tune_lr on 3 probe episodes of DEMO_DATA (probe seed 1000, never the evaluated episodes) from 0.001,
+# 0.005, 0.02, 0.05, int8 SGD (docs/results.md §6c). `microtrain adapt` uses DEMO_LR with the shipped weights on
+# DEMO_DATA at DEMO_SETTINGS unless --lr is given.
+DEMO_SETTINGS = (50, 5, 262_144)
+DEMO_LR = {"tinytrain": 0.05}
 
 
 def shipped_weights(name):

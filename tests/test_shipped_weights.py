@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from microtrain.cli import DEFAULT_ADAPT_DATA, main
+from microtrain.cli import DEFAULT_ADAPT_DATA, build_parser, demo_lr, main
 from microtrain.fewshot import model_input
 from microtrain.inference import Inference
 from microtrain.model import load_model
-from microtrain.reference_models import DEMO_LR, HELD_OUT_SCRIPTS, SHIPPED_WEIGHTS, TRAIN_SCRIPTS, shipped_weights
+from microtrain.reference_models import DEMO_LR, DEMO_SETTINGS, HELD_OUT_SCRIPTS, SHIPPED_WEIGHTS, TRAIN_SCRIPTS, shipped_weights
 from microtrain.reference_models import pretrain as pt
 
 PATH = shipped_weights("mcunet-5fps")
@@ -59,9 +59,23 @@ def test_adapt_with_no_arguments_uses_shipped_weights_and_held_out_glyphs(capsys
     d = json.loads(out)
     assert d["model"] == "mcunet-5fps" and d["data"] == DEFAULT_ADAPT_DATA
     r = d["result"]
-    assert r["method"] == "tinytrain" and r["peak_bytes"] <= 262_144 and r["steps"] == 2
-    assert r["lr"] == DEMO_LR["tinytrain"]  # the demo domain's tuned lr
+    assert r["method"] == "tinytrain" and r["peak_bytes"] <= 1 << 20 and r["steps"] == 2  # the 1 MB envelope
+    assert r["lr"] == 0.005  # --steps 2 is not the demo's setting: the default lr, not the tuned one
     assert "note:" not in err  # a held-out domain: no warning
     rc = main(["adapt", "--data", "glyphs:latin", "--steps", "1", "--queries", "1", "--method", "none", "--json"])
     out, err = capsys.readouterr()
     assert rc == 0 and "were pretrained on the glyph scripts latin" in err
+
+
+def test_demo_lr_applies_only_to_the_demo_settings():
+    args = build_parser().parse_args(["adapt"])
+    args.data = DEFAULT_ADAPT_DATA  # as cmd_adapt fills it in
+    assert (args.steps, args.batch, args.memory_budget) == DEMO_SETTINGS
+    assert demo_lr(args, shipped=True) == DEMO_LR["tinytrain"]
+    assert demo_lr(args, shipped=False) is None  # other weights
+    for change in (("steps", 25), ("memory_budget", 1 << 20), ("mode", "fp32"), ("method", "fulltrain"),
+                   ("data", "glyphs:hebrew")):
+        other = build_parser().parse_args(["adapt"])
+        other.data = DEFAULT_ADAPT_DATA
+        setattr(other, *change)
+        assert demo_lr(other, shipped=True) is None, change
