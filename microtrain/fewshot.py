@@ -712,6 +712,8 @@ def local_cluster(workers):
     """A dask LocalCluster of `workers` single-threaded worker processes on the loopback interface (close it)."""
     import logging
 
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ConfigError(f"workers {workers!r} must be a positive integer")
     distributed = _import_distributed()
     # loopback only; the scheduler's HTTP endpoint on a free port (its default, 8787, may be taken).
     # One Numba thread per worker: N workers already fill N cores, and oversubscribed OpenMP barriers

@@ -162,6 +162,8 @@ def test_tune_lr_with_workers_equals_serial_on_one_cluster(model, dataset, monke
     assert started == [2]  # one cluster for the whole grid, not one per lr
     with pytest.raises(errors.ConfigError, match="not both"):
         tune_lr(model, dataset, ("lastlayer",), workers=2, scheduler="tcp://127.0.0.1:1", **kw)
+    with pytest.raises(errors.ConfigError, match="positive integer"):  # before any cluster starts
+        tune_lr(model, dataset, ("lastlayer",), workers=0, **kw)
 
 
 def test_missing_dask_is_a_named_error(model, dataset, monkeypatch):
