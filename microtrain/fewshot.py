@@ -519,9 +519,8 @@ def evaluate(model, dataset, methods, episodes, *, ways=5, shots=5, queries=15, 
         raise ConfigError(f"episodes {episodes!r} must be a positive integer")
     if workers is not None and scheduler is not None:
         raise ConfigError("give workers (a local cluster) or scheduler (an existing one), not both")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, (int, np.integer))
-                                or workers < 1):
-        raise ConfigError(f"workers {workers!r} must be a positive integer")
+    if workers is not None:
+        _check_workers(workers)
     unknown = set(adapt_kw) - set(_ADAPT_KEYS)
     if unknown:
         raise ConfigError(f"unknown adapt_episode option(s): {', '.join(sorted(unknown))}")
@@ -699,6 +698,11 @@ def _run_task(model, episode, method, index, seed, adapt_kw):
     return r
 
 
+def _check_workers(workers):
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ConfigError(f"workers {workers!r} must be a positive integer")
+
+
 def _import_distributed():
     try:
         import distributed
@@ -712,8 +716,7 @@ def local_cluster(workers):
     """A dask LocalCluster of `workers` single-threaded worker processes on the loopback interface (close it)."""
     import logging
 
-    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-        raise ConfigError(f"workers {workers!r} must be a positive integer")
+    _check_workers(workers)
     distributed = _import_distributed()
     # loopback only; the scheduler's HTTP endpoint on a free port (its default, 8787, may be taken).
     # One Numba thread per worker: N workers already fill N cores, and oversubscribed OpenMP barriers
@@ -726,7 +729,8 @@ def local_cluster(workers):
 
 
 def _evaluate_dask(model, draw, first, methods, episodes, seed, workers, scheduler, adapt_kw, bar):
-    Client, as_completed = _import_distributed().Client, _import_distributed().as_completed
+    distributed = _import_distributed()
+    Client, as_completed = distributed.Client, distributed.as_completed
     cluster = None
     try:
         if scheduler is not None:
