@@ -43,7 +43,7 @@ def _cases(batch_cases):
 
 
 B1 = [(n, c, m) for n in NAMES for c in CONFIGS[n] for m in ("int8", "fp32")]
-B25 = [("mcunet-5fps", "full", "fp32"), ("mcunet-5fps", "49kb", "int8")]
+B25 = [("mcunet-5fps", "full", "fp32"), ("mcunet-5fps", "49kb", "int8"), ("mcunet-5fps", "49kb", "fp32")]
 
 _MODELS = {}
 

@@ -6,12 +6,13 @@ applies QAS (x (s_w s_x)^-2); the bias itself is int32 there, its gradient fp32.
 C twins: mt_bias_f32_backward, mt_bias_f32_backward_2d.
 """
 
-from numba import njit
+from numba import njit, prange
 
-from microtrain.config import NJIT
+from microtrain.config import NJIT, NJIT_PARALLEL
+from microtrain.kernels.scratch import PARALLEL_CHUNKS, chunk_bounds
 
 
-@njit(**NJIT)
+@njit(**NJIT_PARALLEL)
 def bias_f32_backward(db, dy, keep):
     """db[k] = sum_{n, h, w} dy[n, h, w, keep[k]], `=` overwrite (4-D output gradient of a convolution).
 
@@ -20,7 +21,10 @@ def bias_f32_backward(db, dy, keep):
     Layout:    db (K,) out; dy (N, H, W, C) (after the activation's mask); keep (K,) int32 in [0, C).
     Reads:     dy only; nothing saved from forward.
     Exactness: one sum per k in (n, h, w) order, so a sparse keep equals the dense db at those channels bit for bit.
+               The pixel loop is outside the channel loop (each pixel's row of dy is read once, in memory order, and
+               the adds vectorise across k); every db[k] still adds its terms in (n, h, w) order.
     Ownership: writes every element of db (`=`); allocates nothing.
+    Parallel:  prange over contiguous chunks of k; each thread owns its db[k] (deterministic, any thread count).
     C twin:    mt_bias_f32_backward.
     """
     K = db.shape[0]
@@ -30,13 +34,16 @@ def bias_f32_backward(db, dy, keep):
     for k in range(K):
         if keep[k] < 0 or keep[k] >= C:
             raise ValueError("bias_f32_backward: keep index out of range")
-    for k in range(K):
-        c = keep[k]
-        db[k] = 0
+    chunks = min(PARALLEL_CHUNKS, K)
+    for t in prange(chunks):
+        k0, k1 = chunk_bounds(K, chunks, t)
+        for k in range(k0, k1):
+            db[k] = 0
         for n in range(N):
             for h in range(H):
                 for w in range(W):
-                    db[k] += dy[n, h, w, c]
+                    for k in range(k0, k1):
+                        db[k] += dy[n, h, w, keep[k]]
 
 
 @njit(**NJIT)

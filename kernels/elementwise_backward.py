@@ -21,9 +21,9 @@ from the clamped output.
 C twins: mt_accumulate_f32, mt_scale_f32, mt_scale_channels_f32, mt_mask_pack_f32, mt_mask_unpack_backward_f32.
 """
 
-from numba import njit
+from numba import njit, prange
 
-from microtrain.config import NJIT
+from microtrain.config import NJIT, NJIT_PARALLEL
 
 from .mask import mask_flush_row, mask_put_bit
 
@@ -88,7 +88,7 @@ def scale_channels_f32(dy, s):
                     dy[n, h, w, c] = dy[n, h, w, c] * dy.dtype.type(s[c])
 
 
-@njit(**NJIT)
+@njit(**NJIT_PARALLEL)
 def mask_pack_f32(mask, y, lo, hi):
     """mask bit (n, h, w, c) = 1 iff lo < y[n, h, w, c] < hi (the gradient passes), `=` overwrite; 1 bit per element.
 
@@ -108,20 +108,20 @@ def mask_pack_f32(mask, y, lo, hi):
         raise ValueError("mask_pack_f32: mask must have shape (N * H, ceil(W * C / 8))")
     lo_t = y.dtype.type(lo)
     hi_t = y.dtype.type(hi)
-    for n in range(N):
-        for h in range(H):
-            r = n * H + h
-            j = 0
-            byte = 0
-            for w in range(W):
-                for c in range(C):
-                    v = y[n, h, w, c]
-                    byte = mask_put_bit(mask, r, j, byte, v > lo_t and v < hi_t)
-                    j += 1
-            mask_flush_row(mask, r, j, byte)
+    for r in prange(N * H):  # image rows start on a byte: rows in parallel never share one
+        n = r // H
+        h = r - n * H
+        j = 0
+        byte = 0
+        for w in range(W):
+            for c in range(C):
+                v = y[n, h, w, c]
+                byte = mask_put_bit(mask, r, j, byte, v > lo_t and v < hi_t)
+                j += 1
+        mask_flush_row(mask, r, j, byte)
 
 
-@njit(**NJIT)
+@njit(**NJIT_PARALLEL)
 def mask_unpack_backward_f32(dx, dy, mask):
     """dx = dy where the mask bit is set, else 0: the backward of the clamp, `=` overwrite.
 
@@ -136,14 +136,14 @@ def mask_unpack_backward_f32(dx, dy, mask):
     if (dy.shape[0] != N or dy.shape[1] != H or dy.shape[2] != W or dy.shape[3] != C
             or mask.shape[0] != N * H or mask.shape[1] != (W * C + 7) // 8):
         raise ValueError("mask_unpack_backward_f32: inconsistent shapes")
-    for n in range(N):
-        for h in range(H):
-            r = n * H + h
-            j = 0
-            for w in range(W):
-                for c in range(C):
-                    if (mask[r, j >> 3] >> (j & 7)) & 1:
-                        dx[n, h, w, c] = dy[n, h, w, c]
-                    else:
-                        dx[n, h, w, c] = 0
-                    j += 1
+    for r in prange(N * H):  # rows in parallel: disjoint elements of dx (in place: each reads only its own dy)
+        n = r // H
+        h = r - n * H
+        j = 0
+        for w in range(W):
+            for c in range(C):
+                if (mask[r, j >> 3] >> (j & 7)) & 1:
+                    dx[n, h, w, c] = dy[n, h, w, c]
+                else:
+                    dx[n, h, w, c] = 0
+                j += 1

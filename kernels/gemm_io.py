@@ -11,7 +11,7 @@ An int8 pointwise conv or fully-connected layer is a matrix product: acc (P, Co)
 `exact_in_f32` checks that bound per layer once, when the layer is bound; a layer that fails it (real weights
 would need >= 518 input channels of near-full-scale weights) keeps the integer loop kernel.
 
-widen_s8_f32 (1x1, FC) or im2col_s8_f32 (KxK) forms the GEMM's left operand; requantize_acc_f32_s8 turns its exact sums into int8 with the same
+widen_s8_f32 (1x1, FC) or im2col_f32 (KxK) forms the GEMM's left operand; requantize_acc_f32_s8 turns its exact sums into int8 with the same
 acc + bias wrap, mbqm and clamp as pointwise_conv_s8 / fully_connected_s8, so y is identical bit for bit.
 Host only: firmware runs the loop kernels (their C twins); the GEMM's float32 buffers are host memory outside
 the planned arena (Inference.host_bytes).
@@ -22,6 +22,7 @@ from numba import njit, prange
 
 from microtrain.config import NJIT_PARALLEL
 
+from .mask import mask_check, mask_flush_row, mask_put_bit
 from .requant import INT32_MIN, clamp, mbqm
 
 
@@ -53,13 +54,15 @@ def widen_s8_f32(xf, x, x_zp):
 
 
 @njit(**NJIT_PARALLEL)
-def im2col_s8_f32(cols, x, x_zp, kh, kw, stride, pad):
+def im2col_f32(cols, x, x_zp, kh, kw, stride, pad):
     """cols[p, (ky * KW + kx) * Ci + ci] = x[n, oy*stride - pad + ky, ox*stride - pad + kx, ci] - x_zp, float32.
 
     Layout:    cols (N * OH * OW, KH * KW * Ci) f32 out, rows in (n, oy, ox) order, columns in the OHWI weight's
-               (ky, kx, ci) order, so conv2d = cols @ w.reshape(Co, -1).T; x (N, H, W, Ci) s8;
-               OH = (H + 2*pad - KH) // stride + 1 (and OW alike).
-    Padding:   taps outside the image are 0, as TFLM pads with x_zp (x_zp - x_zp = 0).
+               (ky, kx, ci) order, so conv2d = cols @ w.reshape(Co, -1).T; x (N, H, W, Ci) s8 (an int8 conv's
+               input, x_zp its zero point) or f32 (an fp32 conv's, x_zp = 0); OH = (H + 2*pad - KH) // stride + 1
+               (and OW alike).
+    Exactness: float32(x) - float32(x_zp) is exact for int8 x and zp (integers below 2^8); x - 0.0 == x for floats.
+    Padding:   taps outside the image are 0, as TFLM pads with x_zp (x_zp - x_zp = 0) and fp32 convs with 0.
     Ownership: writes every element of cols; allocates nothing.
     Parallel:  prange over (n, oy) output rows; disjoint writes.
     """
@@ -67,8 +70,8 @@ def im2col_s8_f32(cols, x, x_zp, kh, kw, stride, pad):
     OH = (H + 2 * pad - kh) // stride + 1
     OW = (W + 2 * pad - kw) // stride + 1
     if cols.shape[0] != N * OH * OW or cols.shape[1] != kh * kw * CI:
-        raise ValueError("im2col_s8_f32: inconsistent shapes")
-    z = np.int32(x_zp)
+        raise ValueError("im2col_f32: inconsistent shapes")
+    z = np.float32(x_zp)
     for r in prange(N * OH):
         n = r // OH
         oy = r - n * OH
@@ -84,7 +87,7 @@ def im2col_s8_f32(cols, x, x_zp, kh, kw, stride, pad):
                             cols[p, c0 + ci] = 0.0
                     else:
                         for ci in range(CI):
-                            cols[p, c0 + ci] = np.float32(np.int32(x[n, iy, ix, ci]) - z)
+                            cols[p, c0 + ci] = np.float32(x[n, iy, ix, ci]) - z
 
 
 @njit(**NJIT_PARALLEL)
@@ -109,3 +112,37 @@ def requantize_acc_f32_s8(y, acc, bias, mult, shift, y_zp, act_min, act_max):
             a = ((a - INT32_MIN) & 0xFFFFFFFF) + INT32_MIN  # C's int32 acc + bias wraps
             v = mbqm(a, mult[co], shift[co]) + yz
             y[p, co] = np.int8(clamp(v, act_min, act_max))
+
+
+@njit(**NJIT_PARALLEL)
+def requantize_acc_f32_s8_mask(y, mask, acc, bias, mult, shift, y_zp, act_min, act_max):
+    """requantize_acc_f32_s8 over an image-shaped tensor, also writing the training step's 1-bit clamp mask.
+
+    Layout:    y (N, H, W, Co) s8 out; mask (N * H, ceil(W * Co / 8)) u8 out (layout in kernels/mask.py), or
+               mask.NO_MASK; acc (N, H, W, Co) f32 exact integer sums; bias (Co,) s32; mult, shift (Co,) s32.
+    Mask:      bit (n, h, w, co) = 1 iff the value before clamping, mbqm(acc + bias) + y_zp, lies in
+               [act_min, act_max]: the same bit pointwise_conv_s8 / conv2d_s8 write, so a training step's int8
+               forward on the GEMM path leaves the arena exactly as the loop kernels do.
+    Ownership: writes every element of y and, unless NO_MASK, every byte of mask; allocates nothing.
+    Parallel:  prange over image rows (n, h); rows of the mask start on a byte, so writes are disjoint.
+    """
+    N, H, W, CO = y.shape
+    if (acc.shape[0] != N or acc.shape[1] != H or acc.shape[2] != W or acc.shape[3] != CO or bias.shape[0] != CO
+            or mult.shape[0] != CO or shift.shape[0] != CO):
+        raise ValueError("requantize_acc_f32_s8_mask: inconsistent shapes")
+    write_mask = mask_check(mask, N * H, W, CO)
+    yz = np.int64(y_zp)
+    for r in prange(N * H):
+        n = r // H
+        h = r - n * H
+        byte = 0
+        for ox in range(W):
+            for co in range(CO):
+                a = np.int64(acc[n, h, ox, co]) + np.int64(bias[co])  # exact: |acc| <= 2^24
+                a = ((a - INT32_MIN) & 0xFFFFFFFF) + INT32_MIN  # C's int32 acc + bias wraps
+                v = mbqm(a, mult[co], shift[co]) + yz
+                y[n, h, ox, co] = np.int8(clamp(v, act_min, act_max))
+                if write_mask:
+                    byte = mask_put_bit(mask, r, ox * CO + co, byte, v >= act_min and v <= act_max)
+        if write_mask:
+            mask_flush_row(mask, r, W * CO, byte)

@@ -198,7 +198,8 @@ def cmd_export_c(args):
 
     model = _load(args)
     cfg = load_config(args.config, model)
-    opts = TrainOptions(mode=args.mode, optimizer=args.optimizer, lr=args.lr, batch=args.batch).validate()
+    opts = TrainOptions(mode=args.mode, optimizer=args.optimizer, lr=args.lr, batch=args.batch,
+                        backend="reference").validate()  # the loop kernels: the calls firmware's C twins mirror
     step = TrainStep(model, cfg, args.classes, opts)
     written = export_training_step(step, args.out)
     if args.check:  # compile every source once on the host, with the firmware flags
@@ -256,7 +257,7 @@ def cmd_adapt(args):
         if seen:
             print(f"note: the shipped weights were pretrained on the glyph scripts {', '.join(sorted(seen))}; "
                   f"this is not a held-out domain (held out: {', '.join(HELD_OUT_SCRIPTS)})", file=sys.stderr)
-    kw = {"mode": args.mode, "scheme": args.scheme}
+    kw = {"mode": args.mode, "scheme": args.scheme, "backend": args.backend}
     lr = args.lr if args.lr is not None else demo_lr(args, shipped)
     if lr is not None:
         kw["lr"] = lr
@@ -378,7 +379,8 @@ def cmd_evaluate(args):
     model = _load(args)
     data = _fewshot_data(args, model)
     kw = {"mode": args.mode, "steps": args.steps, "memory_budget": args.memory_budget,
-          "compute_budget": args.compute_budget, "channel_ratio": args.channel_ratio, "scheme": args.scheme}
+          "compute_budget": args.compute_budget, "channel_ratio": args.channel_ratio, "scheme": args.scheme,
+          "backend": args.backend}
     for k in ("batch", "optimizer"):
         if getattr(args, k) is not None:
             kw[k] = getattr(args, k)
@@ -532,6 +534,9 @@ def build_parser():
     s.add_argument("--mode", choices=["int8", "fp32"], default="int8")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--scheme", default="49kb", help="MIT scheme of sparseupdate: a name or YAML (default 49kb)")
+    s.add_argument("--backend", choices=["blas", "reference"], default="blas",
+                   help="blas (default): host GEMMs for 1x1 and standard convs (int8 forward bit-exact, fp32 sums "
+                        "in sgemm's order); reference: the loop kernels firmware's C twins mirror bit for bit")
     s.add_argument("--save", metavar="OUT.npz", help="write the adapted weights and head (int8 mode)")
     s.add_argument("--json", action="store_true")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -564,6 +569,9 @@ def build_parser():
     s.add_argument("--compute-budget", type=int, help="backward MACs per sample, for tinytrain*")
     s.add_argument("--channel-ratio", type=float, default=0.5)
     s.add_argument("--scheme", default="49kb", help="MIT scheme of sparseupdate: a name or YAML (default 49kb)")
+    s.add_argument("--backend", choices=["blas", "reference"], default="blas",
+                   help="blas (default): host GEMMs for 1x1 and standard convs (int8 forward bit-exact, fp32 sums "
+                        "in sgemm's order); reference: the loop kernels firmware's C twins mirror bit for bit")
     s.add_argument("--mode", choices=["int8", "fp32"], default="int8")
     s.add_argument("--seed", type=int, default=0)
     g = s.add_mutually_exclusive_group()

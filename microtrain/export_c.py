@@ -490,6 +490,9 @@ def export_training_step(step, out_dir):
 
     if step.opts.head not in ("linear", "cosine"):
         raise ConfigError(f"head {step.opts.head!r} cannot be exported")
+    if step.opts.backend != "reference":
+        raise ConfigError(f"a step with backend {step.opts.backend!r} runs host GEMMs firmware has no twin of; "
+                          "build the step to export with TrainOptions(backend=\"reference\")")
     ex = _Exporter(step)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

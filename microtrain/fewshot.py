@@ -204,7 +204,7 @@ def _fisher_and_selection(model, xs, ys, feats, n_classes, method, mode, opts1, 
 
 def adapt_episode(model, episode, method, *, mode="int8", steps=40, lr=None, batch=None,
                   memory_budget=DEFAULT_MEMORY_BUDGET, compute_budget=None, channel_ratio=0.5, optimizer=None, seed=0,
-                  augment_kw=None, progress=None, scheme="49kb", axis="input", return_step=False):
+                  augment_kw=None, progress=None, scheme="49kb", axis="input", backend="blas", return_step=False):
     """Adapt `model` (int8 Model, any classifier) to `episode` (episodes.Episode) with `method`; EpisodeResult
     (with return_step=True: (EpisodeResult, the TrainStep holding the adapted weights and head)).
 
@@ -257,7 +257,7 @@ def adapt_episode(model, episode, method, *, mode="int8", steps=40, lr=None, bat
     ys = np.asarray(episode.support_y, np.int64)
     yq = np.asarray(episode.query_y, np.int64)
     graph = with_classes(model.graph, n_classes)
-    opts = TrainOptions(mode=mode, optimizer=optimizer, lr=lr, batch=batch, head="cosine").validate()
+    opts = TrainOptions(mode=mode, optimizer=optimizer, lr=lr, batch=batch, head="cosine", backend=backend).validate()
     opts1 = TrainOptions(mode=mode, optimizer=optimizer, lr=lr, batch=1, head="cosine")
 
     fisher = sel = None
@@ -553,7 +553,7 @@ def evaluate(model, dataset, methods, episodes, *, ways=5, shots=5, queries=15, 
                 "lr": _lr_setting(adapt_kw.get("lr"), methods, DEFAULT_LR.get((mode, opt))),
                 "batch": adapt_kw.get("batch"), "memory_budget": adapt_kw.get("memory_budget", DEFAULT_MEMORY_BUDGET),
                 "compute_budget": adapt_kw.get("compute_budget"), "channel_ratio": adapt_kw.get("channel_ratio", 0.5),
-                "scheme": adapt_kw.get("scheme", "49kb")}
+                "scheme": adapt_kw.get("scheme", "49kb"), "backend": adapt_kw.get("backend", "blas")}
     bar = _Progress(len(methods) * episodes, progress)
     try:
         if workers is None and scheduler is None:
@@ -656,7 +656,7 @@ def tune_lr(model, dataset, methods, *, grid=None, probes=3, probe_seed=PROBE_SE
 
 
 _ADAPT_KEYS = ("mode", "steps", "lr", "batch", "memory_budget", "compute_budget", "channel_ratio", "optimizer",
-               "augment_kw", "scheme", "axis")
+               "augment_kw", "scheme", "axis", "backend")
 
 
 def _check_lr(v, who):

@@ -30,7 +30,7 @@ from microtrain.kernels.add import add_s8
 from microtrain.kernels.mask import NO_MASK  # inference writes no 1-bit training masks
 from microtrain.kernels.pool import global_mean_s8
 from microtrain.kernels.fully_connected import fully_connected_s8
-from microtrain.kernels.gemm_io import exact_in_f32, im2col_s8_f32, requantize_acc_f32_s8, widen_s8_f32
+from microtrain.kernels.gemm_io import exact_in_f32, im2col_f32, requantize_acc_f32_s8, widen_s8_f32
 
 BACKENDS = ("blas", "reference")
 
@@ -191,6 +191,6 @@ def _gemm_s8(y, x, xf, wt, acc, bias, mult, shift, x_zp, y_zp, lo, hi):
 def _gemm_conv_s8(y, x, cols, wt, acc, bias, mult, shift, x_zp, y_zp, lo, hi, k, stride, pad):
     """One int8 KxK conv as im2col + an exact float32 GEMM: y (P, Co) s8 from x (N, H, W, Ci) s8; cols (P, K*K*Ci),
     acc (P, Co) f32 host scratch; wt (K*K*Ci, Co) f32."""
-    im2col_s8_f32(cols, x, x_zp, k, k, stride, pad)
+    im2col_f32(cols, x, x_zp, k, k, stride, pad)
     np.matmul(cols, wt, out=acc)
     requantize_acc_f32_s8(y, acc, bias, mult, shift, y_zp, lo, hi)

@@ -41,6 +41,7 @@ from microtrain.kernels.pool_backward import global_mean_f32_backward
 from microtrain.kernels.quantize import dequantize_s8
 from microtrain.kernels.requant import activation_range_s8, add_multipliers, conv_multipliers
 from microtrain.model import Model
+from microtrain.train_gemm import HostGemm
 from microtrain.train_plan import has_clamp, plan_training_step
 
 F32 = np.float32
@@ -83,6 +84,8 @@ class TrainStep:
         self.flash = {}  # name -> read-only array outside the arena
         self._init_tail(head)
         self._forward, self._backward, self._updates = [], [], []
+        # the "blas" backend's host buffers (microtrain.train_gemm); None: every op runs its loop kernel
+        self._gemm = HostGemm(graph, opts.batch) if opts.backend == "blas" else None
         self._bind()
         # fp32 trainable parameters are checked for NaN/inf before every step (int8/int32 ones cannot be)
         self._float_params = [self.v(n) for n in self.specs if n.startswith("train:") and self.specs[n][1] == F32]
@@ -107,6 +110,11 @@ class TrainStep:
         weights = sum(int(np.prod(op.weight_shape())) * item_w + op.cout * item_b for op in self.graph.convs)
         consts = sum(a.nbytes for k, a in self.flash.items() if not k.startswith(("w:", "b:")))
         return int(weights + consts)
+
+    @property
+    def host_bytes(self):
+        """Host memory outside the arena and flash that the "blas" backend's GEMMs use (0 for "reference")."""
+        return 0 if self._gemm is None else self._gemm.host_bytes
 
     def _init_tail(self, head):
         m, a = self.model, self.analysis
@@ -215,11 +223,14 @@ class TrainStep:
             mult, shift = self._flash(f"mult:{op.name}", mult), self._flash(f"shift:{op.name}", shift)
             lo, hi = activation_range_s8(op.act, *yq)
             fn = {"conv2d": conv2d_s8, "depthwise": depthwise_conv_s8, "pointwise": pointwise_conv_s8}[op.kind]
-            F.append((fn, (y, mask, x, w, b, mult, shift, xq[1], yq[1], lo, hi) + geo))
+            gemm = self._gemm and self._gemm.forward_s8(op, y, mask, x, w, a.weight_update(op) is not None, b, mult,
+                                                        shift, xq[1], yq[1], lo, hi)
+            F.append(gemm or (fn, (y, mask, x, w, b, mult, shift, xq[1], yq[1], lo, hi) + geo))
         else:
             lo, hi = (0.0, 6.0) if op.act == "relu6" else ((0.0, np.inf) if op.act == "relu" else (-np.inf, np.inf))
             fn = {"conv2d": conv2d_f32, "depthwise": depthwise_conv_f32, "pointwise": pointwise_conv_f32}[op.kind]
-            F.append((fn, (y, x, w, b, lo, hi) + geo))
+            gemm = self._gemm and self._gemm.forward_f32(op, y, x, w, b, lo, hi)
+            F.append(gemm or (fn, (y, x, w, b, lo, hi) + geo))
             if want_mask:
                 F.append((mask_pack_f32, (self.v(f"mask:{op.name}"), y, lo, hi)))
 
@@ -308,7 +319,8 @@ class TrainStep:
                 else:
                     keep_out, keep_in = all_out, (keep if lu_w.keep is not None else all_in)
                 fn = conv2d_f32_backward_weight if op.kind == "conv2d" else pointwise_conv_f32_backward_weight
-                B.append((fn, (dw, xs, x_zp, g, keep_out) + geo))
+                gemm = self._gemm and self._gemm.backward_weight(op, dw, xs, x_zp, g, keep_out)
+                B.append(gemm or (fn, (dw, xs, x_zp, g, keep_out) + geo))
             wb = dw
         if a.input_needs_grad(op):
             w, _ = self._weights(op)
@@ -317,7 +329,9 @@ class TrainStep:
             dx_target = self.v(f"tmp:{op.name}") if f"tmp:{op.name}" in self.specs else self._grad(x_name)
             fn = {"conv2d": conv2d_f32_backward_input, "depthwise": depthwise_conv_f32_backward_input,
                   "pointwise": pointwise_conv_f32_backward_input}[op.kind]
-            B.append((fn, (dx_target, g, w) + geo))
+            gemm = self._gemm and self._gemm.backward_input(op, dx_target, g, w, opts.mode == "int8",
+                                                            lu_w is not None)
+            B.append(gemm or (fn, (dx_target, g, w) + geo))
             if f"tmp:{op.name}" in self.specs:
                 B.append((accumulate_f32, (self._grad(x_name), dx_target)))
         # updates (after dx: the input gradient uses the weights of the forward pass)

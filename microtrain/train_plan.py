@@ -23,6 +23,7 @@ from microtrain.planner import PlanBuilder
 
 MODES = ("int8", "fp32")
 OPTIMIZERS = ("sgd", "adam")
+BACKENDS = ("blas", "reference")  # how the host runs the step's convs (TrainOptions.backend)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,10 @@ class TrainOptions:
     reorder: bool = True  # apply each layer's update right after its gradients, then free them (MIT)
     inplace: bool = True  # mask application and the residual branch's gradient in place (aliases)
     head: str = "linear"  # "linear": W f + b; "cosine": W (f / |f|) + b (ProtoNet-style head, P>M>F)
+    # "blas": standard and 1x1 convs run as float32 GEMMs in NumPy's BLAS on the host (int8 forward bit-exact,
+    # fp32 sums in sgemm's order); "reference": every op runs its loop kernel, the code firmware's C twins mirror
+    # bit for bit (export_c needs it). Same plan, same arena, same bytes (microtrain.train_gemm).
+    backend: str = "blas"
 
     def validate(self):
         if self.mode not in MODES:
@@ -49,6 +54,8 @@ class TrainOptions:
             raise ConfigError(f"learning rate {lr!r} must be a finite positive number")
         if isinstance(self.batch, bool) or not isinstance(self.batch, (int, np.integer)) or self.batch < 1:
             raise ConfigError(f"batch {self.batch!r} must be a positive integer")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
         if self.head not in ("linear", "cosine"):
             raise ConfigError(f"head {self.head!r}: use linear or cosine")
         if self.mode == "int8" and not self.bit_masks:

@@ -44,7 +44,7 @@ def batches(seed, n=STEPS):
 def make_step(model):
     rng = np.random.default_rng(1)
     head = (rng.normal(0, 0.1, (K, model.graph.classifier.cin)).astype(F32), rng.normal(0, 0.1, K).astype(F32))
-    opts = TrainOptions(mode="int8", optimizer="sgd", lr=LR, batch=1)
+    opts = TrainOptions(mode="int8", optimizer="sgd", lr=LR, batch=1, backend="reference")
     return TrainStep(model, load_config("49kb", model), K, opts, head=head)
 
 

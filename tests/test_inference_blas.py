@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from microtrain import errors
 from microtrain.graph import load_graph
 from microtrain.inference import Inference, _gemm_conv_s8, _gemm_s8
-from microtrain.kernels.gemm_io import F32_EXACT_INT, exact_in_f32, im2col_s8_f32, requantize_acc_f32_s8, widen_s8_f32
+from microtrain.kernels.gemm_io import F32_EXACT_INT, exact_in_f32, im2col_f32, requantize_acc_f32_s8, widen_s8_f32
 from microtrain.kernels.pointwise import pointwise_conv_s8
 from microtrain.model import random_model
 from microtrain.reference_models import NAMES
@@ -116,7 +116,7 @@ def test_gemm_ends_reject_inconsistent_shapes():
         widen_s8_f32(np.zeros((3, 4), np.float32), np.zeros((3, 5), np.int8), 0)
     c = np.zeros(4, np.int32)
     with pytest.raises(ValueError):
-        im2col_s8_f32(np.zeros((5, 9), np.float32), np.zeros((1, 4, 4, 1), np.int8), 0, 3, 3, 1, 0)  # 2x2 = 4 rows
+        im2col_f32(np.zeros((5, 9), np.float32), np.zeros((1, 4, 4, 1), np.int8), 0, 3, 3, 1, 0)  # 2x2 = 4 rows
     with pytest.raises(ValueError):
         requantize_acc_f32_s8(np.zeros((3, 4), np.int8), np.zeros((3, 5), np.float32), c, c, c, 0, -128, 127)
 

@@ -21,7 +21,7 @@ from microtrain.kernels.add import add_f32, add_s8
 from microtrain.kernels.conv2d import conv2d_f32, conv2d_s8
 from microtrain.kernels.depthwise import depthwise_conv_f32, depthwise_conv_s8
 from microtrain.kernels.fully_connected import fully_connected_f32, fully_connected_s8
-from microtrain.kernels.gemm_io import im2col_s8_f32, requantize_acc_f32_s8, widen_s8_f32
+from microtrain.kernels.gemm_io import im2col_f32, requantize_acc_f32_s8, widen_s8_f32
 from microtrain.kernels.mask import NO_MASK, mask_shape
 from microtrain.kernels.pointwise import pointwise_conv_f32, pointwise_conv_s8
 from microtrain.kernels.pool import avgpool_f32, avgpool_s8, global_mean_f32, global_mean_s8
@@ -78,7 +78,7 @@ def kernel_calls():
         "fully_connected_f32": (fully_connected_f32, (np.zeros((2, c), np.float32), f32(2, 9), f32(c, 9), f32(c))),
         # the "blas" inference backend's ends around NumPy's matmul (kernels/gemm_io.py)
         "widen_s8_f32": (widen_s8_f32, (np.zeros((25, 6), np.float32), s8(25, 6), 3)),
-        "im2col_s8_f32": (im2col_s8_f32, (np.zeros((16, 27), np.float32), s8(1, 7, 7, 3), 3, 3, 3, 2, 1)),
+        "im2col_f32": (im2col_f32, (np.zeros((16, 27), np.float32), s8(1, 7, 7, 3), 3, 3, 3, 2, 1)),
         "requantize_acc_f32_s8": (requantize_acc_f32_s8, (np.zeros((25, c), np.int8),
                                                           rng.integers(-5000, 5000, (25, c)).astype(np.float32),
                                                           bias, mult, shift, -5, -128, 127)),

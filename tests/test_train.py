@@ -99,9 +99,12 @@ def test_fp32_full_train_gradients_match_finite_differences(head_kind):
     np.testing.assert_allclose(step.v("dw:head"), fd_w, rtol=2e-3, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["reference", "blas"])
 @pytest.mark.parametrize("mode", ["int8", "fp32"])
-def test_sparse_gradients_equal_dense_at_kept_channels(mode):
-    """A sparse config's weight gradients are the dense ones restricted to the kept channels, bit for bit."""
+def test_sparse_gradients_equal_dense_at_kept_channels(mode, backend):
+    """A sparse config's weight gradients are the dense ones restricted to the kept channels: bit for bit with the
+    loop kernels (one fixed summation order per element); to float32 rounding with sgemm, whose blocking depends
+    on the matrix shapes."""
     m = tiny_model(seed=5)
     g = m.graph
     x, labels = batch(mode, 2, seed=6)
@@ -115,15 +118,17 @@ def test_sparse_gradients_equal_dense_at_kept_channels(mode):
     ), name="sparse")
     dense = SparseConfig(g.name, tuple(LayerUpdate(c.conv_index, bias=True, weight=True)
                                        for c in (pw1, dw, pw2)), name="dense")
-    opts = TrainOptions(mode=mode, lr=1e-30, batch=2, reorder=False)
+    opts = TrainOptions(mode=mode, lr=1e-30, batch=2, reorder=False, backend=backend)
     s = TrainStep(m, sparse, K, opts, head=head)
     d = TrainStep(m, dense, K, opts, head=head)
     s.run(x, labels)
     d.run(x, labels)
-    np.testing.assert_array_equal(s.v(f"dw:{pw1.name}"), d.v(f"dw:{pw1.name}")[:, [0, 2]])
-    np.testing.assert_array_equal(s.v(f"dw:{dw.name}"), d.v(f"dw:{dw.name}")[:, :, [1, 3, 6]])
-    np.testing.assert_array_equal(s.v(f"dw:{pw2.name}"), d.v(f"dw:{pw2.name}")[[0, 2, 3], :])
-    np.testing.assert_array_equal(s.v(f"db:{pw1.name}"), d.v(f"db:{pw1.name}"))
+    same = np.testing.assert_array_equal if backend == "reference" else \
+        (lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max()))
+    same(s.v(f"dw:{pw1.name}"), d.v(f"dw:{pw1.name}")[:, [0, 2]])
+    same(s.v(f"dw:{dw.name}"), d.v(f"dw:{dw.name}")[:, :, [1, 3, 6]])
+    same(s.v(f"dw:{pw2.name}"), d.v(f"dw:{pw2.name}")[[0, 2, 3], :])
+    same(s.v(f"db:{pw1.name}"), d.v(f"db:{pw1.name}"))
 
 
 @pytest.mark.parametrize("mode", ["int8", "fp32"])
@@ -170,7 +175,8 @@ for _ in range(3):
 out = b"".join(s.v(n).tobytes() for n in sorted(s.specs) if n.startswith("train:"))
 import hashlib; print(hashlib.sha256(out).hexdigest())
 """
-    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads))
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))  # the default backend
+    # ("blas") runs sgemm: its thread count changes with Numba's
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd="/")
     return r.stdout.strip()
 
@@ -183,14 +189,17 @@ def test_same_seed_gives_bit_identical_weights_with_1_and_2_threads(mode):
 
 
 @pytest.mark.skipif(JIT_DISABLED, reason="pure-Python kernels allocate temporaries; the contract is the jitted one")
+@pytest.mark.parametrize("backend", ["reference", "blas"])
 @pytest.mark.parametrize("mode", ["int8", "fp32"])
-def test_training_step_allocates_no_numpy_memory(mode):
+def test_training_step_allocates_no_numpy_memory(mode, backend):
+    from numba.core.registry import CPUDispatcher
     from test_kernels_noalloc import nrt_allocations
 
     m = tiny_model(seed=13)
     x, labels = batch(mode, 2, seed=14)
     cfg = load_config("full", m)
-    step = TrainStep(m, cfg, K, TrainOptions(mode=mode, lr=0.01, batch=2, optimizer="adam"), head=head_init(m))
+    step = TrainStep(m, cfg, K, TrainOptions(mode=mode, lr=0.01, batch=2, optimizer="adam", backend=backend),
+                     head=head_init(m))
     step.run(x, labels)
     step.run(x, labels)
     tracemalloc.start()
@@ -200,8 +209,12 @@ def test_training_step_allocates_no_numpy_memory(mode):
     assert sum(s.size for s in snap.statistics("filename")) == 0
     # Numba's runtime: each bound kernel call makes exactly one MemInfo per array argument (made by the
     # dispatcher when it unboxes it) and nothing inside the kernel
-    for fn, call in step._forward + [it for it in step._backward if not isinstance(it[0], str)]:
-        assert nrt_allocations(fn, call) == sum(isinstance(a, np.ndarray) for a in call), fn
+    calls = step._forward + [it for it in step._backward if not isinstance(it[0], str)]
+    gemm = [fn for fn, _ in calls if not isinstance(fn, CPUDispatcher)]  # the "blas" backend's Python entries
+    assert (len(gemm) > 0) == (backend == "blas"), gemm
+    for fn, call in calls:
+        if isinstance(fn, CPUDispatcher):  # a GEMM entry calls several kernels and np.matmul: tracemalloc above
+            assert nrt_allocations(fn, call) == sum(isinstance(a, np.ndarray) for a in call), fn
     for it in [it for it in step._backward if isinstance(it[0], str)] + step._updates:
         arrays = sum(isinstance(a, np.ndarray) for a in it[2:7]) + 2  # + Adam's m and v
         assert nrt_allocations(step._apply, (it,)) == arrays, it[0]
@@ -357,8 +370,8 @@ def test_kernel_inputs_are_bound_read_only_trainable_or_frozen(cfg):
 
     m = tiny_model()
     config = full_train(m.graph) if cfg == "full" else SparseConfig("tiny", (LayerUpdate(2, weight=True, bias=True),))
-    step = TrainStep(m, config, K, TrainOptions(mode="int8", lr=0.01, batch=2), head=head_init(m))
-    inf = Inference(m, batch=2)
+    step = TrainStep(m, config, K, TrainOptions(mode="int8", lr=0.01, batch=2, backend="reference"), head=head_init(m))
+    inf = Inference(m, batch=2, backend="reference")
     fisher = FisherPass(m, plan_fisher_pass(with_classes(m.graph, K), "int8", 2, 0, [4]), head=head_init(m))
     x, y = batch("int8", 2)
     fisher.run(x, y.astype(np.int32))
