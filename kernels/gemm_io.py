@@ -11,8 +11,22 @@ An int8 pointwise conv or fully-connected layer is a matrix product: acc (P, Co)
 `exact_in_f32` checks that bound per layer once, when the layer is bound; a layer that fails it (real weights
 would need >= 518 input channels of near-full-scale weights) keeps the integer loop kernel.
 
-widen_s8_f32 (1x1, FC) or im2col_f32 (KxK) forms the GEMM's left operand; requantize_acc_f32_s8 turns its exact sums into int8 with the same
-acc + bias wrap, mbqm and clamp as pointwise_conv_s8 / fully_connected_s8, so y is identical bit for bit.
+widen_s8_f32 (1x1, FC) or im2col_f32 (KxK) forms the GEMM's left operand; requantize_acc_f32_s8 turns its exact
+sums into int8 with the same acc + bias wrap, mbqm and clamp as pointwise_conv_s8 / fully_connected_s8, so y is
+identical bit for bit.
+
+Requantization in float64 (requant_f64_params). TFLM's double-rounding MultiplyByQuantizedMultiplier is
+RDBPOT(SRDHM(a * 2^left, M), right) with left = max(shift, 0), right = max(-shift, 0), and
+  SRDHM(x, M)   = floor((x * M + 2^30) / 2^31)      (round half up; requant.srdhm's docstring derives it),
+  RDBPOT(s, e)  = s / 2^e rounded half away from zero.
+With mf = M * 2^(left - 31) and rs = 2^-right (both exact float64), for |a| < lim = 2^(21 - left):
+  a * mf is exact (|a * 2^left| < 2^21 and M < 2^31: at most 52 significant bits), + 0.5 is exact (the sum still
+  has 52 bits: 21 integer and 31 fraction), so floor(a * mf + 0.5) == SRDHM exactly; |s| < 2^21, so t = s * rs is
+  exact and trunc(t + copysign(0.5, t)) is RDBPOT (t + 0.5 again fits in 52 bits). No step rounds, so the float64
+  result equals the integer one for every such a; in that range acc + bias cannot wrap (|a| < 2^31) and mbqm's
+  pre-shift cannot overflow. Elements with |a| >= lim (rare: real accumulators are far below 2^21) are redone with
+  the integer primitives, row by row. The float form vectorises (AVX2 has 4-lane float64 floor, multiply and
+  compare; it has no 64-bit integer multiply or arithmetic shift, which the integer form needs).
 Host only: firmware runs the loop kernels (their C twins); the GEMM's float32 buffers are host memory outside
 the planned arena (Inference.host_bytes).
 """
@@ -20,10 +34,11 @@ the planned arena (Inference.host_bytes).
 import numpy as np
 from numba import njit, prange
 
-from microtrain.config import NJIT_PARALLEL
+from microtrain.config import NJIT, NJIT_PARALLEL
 
 from .mask import mask_check, mask_flush_row, mask_put_bit
 from .requant import INT32_MIN, clamp, mbqm
+from .scratch import SCRATCH_W8, scratch_w_i8
 
 
 F32_EXACT_INT = 1 << 24  # every integer of magnitude <= 2^24 is a float32
@@ -90,59 +105,129 @@ def im2col_f32(cols, x, x_zp, kh, kw, stride, pad):
                             cols[p, c0 + ci] = np.float32(x[n, iy, ix, ci]) - z
 
 
+def requant_f64_params(mult, shift):
+    """(3, Co) float64 of requantize_acc_f32_s8's fast path, per channel: mf = M * 2^(left - 31), rs = 2^-right,
+    lim = 2^(21 - left) (the module docstring proves the float64 form exact for |acc + bias| < lim).
+
+    mult, shift (Co,) s32 from requant.conv_multipliers. Host, once per layer when it is bound (the values are
+    powers of two times an int32: exact in float64)."""
+    mult = np.asarray(mult, np.int64)
+    shift = np.asarray(shift, np.int64)
+    left = np.maximum(shift, 0)
+    right = np.maximum(-shift, 0)
+    rq = np.empty((3, mult.shape[0]), np.float64)
+    rq[0] = np.ldexp(mult.astype(np.float64), (left - 31).astype(np.int32))
+    rq[1] = np.ldexp(1.0, (-right).astype(np.int32))
+    rq[2] = np.ldexp(1.0, (21 - left).astype(np.int32))
+    return rq
+
+
+@njit(**NJIT)
+def _requant_f64(a, mf, rs, yz):
+    """mbqm(a, M, shift) + y_zp in float64 for |a| < lim (module docstring): floor-half-up, then half away."""
+    t = np.floor(a * mf + 0.5) * rs
+    return np.trunc(t + np.copysign(0.5, t)) + yz
+
+
+@njit(**NJIT)
+def _requant_int(acc, bias, mult, shift, yz):
+    """The integer form: int32 acc + bias (C's wrapping add), mbqm, + y_zp; int64 result before the clamp."""
+    a = np.int64(acc) + np.int64(bias)  # exact: |acc| <= 2^24
+    a = ((a - INT32_MIN) & 0xFFFFFFFF) + INT32_MIN
+    return mbqm(a, mult, shift) + yz
+
+
 @njit(**NJIT_PARALLEL)
-def requantize_acc_f32_s8(y, acc, bias, mult, shift, y_zp, act_min, act_max):
+def requantize_acc_f32_s8(y, acc, bias, rq, mult, shift, y_zp, act_min, act_max):
     """y[p, co] = clamp(mbqm(wrap32(acc[p, co] + bias[co]), mult[co], shift[co]) + y_zp), the int8 output.
 
     Layout:    y (P, Co) s8 out; acc (P, Co) f32 holding exact integer sums (see the module docstring);
-               bias (Co,) s32; mult, shift (Co,) s32 from requant.conv_multipliers.
+               bias (Co,) s32; rq (3, Co) f64 = requant_f64_params(mult, shift); mult, shift (Co,) s32 from
+               requant.conv_multipliers.
     Ownership: writes every element of y; allocates nothing.
-    Exactness: acc is an exact integer, so int64(acc) is the int32 accumulator of TFLM's loop; then the same
-               tail as pointwise_conv_s8, with the same primitives (requant.mbqm, clamp): acc + bias wrapped to
-               int32 (C's wrapping add), TFLM's double-rounding MultiplyByQuantizedMultiplier, + y_zp, clamp.
+    Exactness: acc is an exact integer, so int64(acc) is the int32 accumulator of TFLM's loop; the float64 form
+               (module docstring) equals the integer tail of pointwise_conv_s8 (acc + bias wrapped to int32,
+               TFLM's double-rounding MultiplyByQuantizedMultiplier, + y_zp, clamp) wherever |acc + bias| < lim;
+               a row with any element beyond it is rewritten with those integer primitives (requant.mbqm, clamp).
     Parallel:  prange over rows; disjoint writes.
     """
     P, CO = y.shape
-    if acc.shape[0] != P or acc.shape[1] != CO or bias.shape[0] != CO or mult.shape[0] != CO or shift.shape[0] != CO:
+    if (acc.shape[0] != P or acc.shape[1] != CO or bias.shape[0] != CO or mult.shape[0] != CO or shift.shape[0] != CO
+            or rq.shape[0] != 3 or rq.shape[1] != CO):
         raise ValueError("requantize_acc_f32_s8: inconsistent shapes")
     yz = np.int64(y_zp)
+    fz, flo, fhi = np.float64(y_zp), np.float64(act_min), np.float64(act_max)
     for p in prange(P):
-        for co in range(CO):
-            a = np.int64(acc[p, co]) + np.int64(bias[co])  # exact: |acc| <= 2^24
-            a = ((a - INT32_MIN) & 0xFFFFFFFF) + INT32_MIN  # C's int32 acc + bias wraps
-            v = mbqm(a, mult[co], shift[co]) + yz
-            y[p, co] = np.int8(clamp(v, act_min, act_max))
+        far = False
+        for co in range(CO):  # vectorised: float64 lanes, no branch
+            a = np.float64(acc[p, co]) + np.float64(bias[co])
+            v = min(max(_requant_f64(a, rq[0, co], rq[1, co], fz), flo), fhi)
+            y[p, co] = np.int8(np.int32(v))
+            far |= abs(a) >= rq[2, co]
+        if far:
+            for co in range(CO):
+                y[p, co] = np.int8(clamp(_requant_int(acc[p, co], bias[co], mult[co], shift[co], yz), act_min,
+                                         act_max))
 
 
 @njit(**NJIT_PARALLEL)
-def requantize_acc_f32_s8_mask(y, mask, acc, bias, mult, shift, y_zp, act_min, act_max):
+def requantize_acc_f32_s8_mask(y, mask, acc, bias, rq, mult, shift, y_zp, act_min, act_max):
     """requantize_acc_f32_s8 over an image-shaped tensor, also writing the training step's 1-bit clamp mask.
 
     Layout:    y (N, H, W, Co) s8 out; mask (N * H, ceil(W * Co / 8)) u8 out (layout in kernels/mask.py), or
-               mask.NO_MASK; acc (N, H, W, Co) f32 exact integer sums; bias (Co,) s32; mult, shift (Co,) s32.
+               mask.NO_MASK; acc (N, H, W, Co) f32 exact integer sums; bias (Co,) s32; rq (3, Co) f64 =
+               requant_f64_params(mult, shift); mult, shift (Co,) s32.
     Mask:      bit (n, h, w, co) = 1 iff the value before clamping, mbqm(acc + bias) + y_zp, lies in
                [act_min, act_max]: the same bit pointwise_conv_s8 / conv2d_s8 write, so a training step's int8
                forward on the GEMM path leaves the arena exactly as the loop kernels do.
+    Method:    per image row, the float64 form (module docstring) writes y and one in-range flag per element into a
+               per-thread stack row, then the flags are packed 8 to a byte; a row with an element beyond lim, or
+               longer than the stack row (W * Co > SCRATCH_W8), is written element by element with the integer
+               primitives instead.
     Ownership: writes every element of y and, unless NO_MASK, every byte of mask; allocates nothing.
     Parallel:  prange over image rows (n, h); rows of the mask start on a byte, so writes are disjoint.
     """
     N, H, W, CO = y.shape
     if (acc.shape[0] != N or acc.shape[1] != H or acc.shape[2] != W or acc.shape[3] != CO or bias.shape[0] != CO
-            or mult.shape[0] != CO or shift.shape[0] != CO):
+            or mult.shape[0] != CO or shift.shape[0] != CO or rq.shape[0] != 3 or rq.shape[1] != CO):
         raise ValueError("requantize_acc_f32_s8_mask: inconsistent shapes")
     write_mask = mask_check(mask, N * H, W, CO)
     yz = np.int64(y_zp)
+    fz, flo, fhi = np.float64(y_zp), np.float64(act_min), np.float64(act_max)
+    L = W * CO
     for r in prange(N * H):
         n = r // H
         h = r - n * H
-        byte = 0
-        for ox in range(W):
-            for co in range(CO):
-                a = np.int64(acc[n, h, ox, co]) + np.int64(bias[co])  # exact: |acc| <= 2^24
-                a = ((a - INT32_MIN) & 0xFFFFFFFF) + INT32_MIN  # C's int32 acc + bias wraps
-                v = mbqm(a, mult[co], shift[co]) + yz
-                y[n, h, ox, co] = np.int8(clamp(v, act_min, act_max))
-                if write_mask:
-                    byte = mask_put_bit(mask, r, ox * CO + co, byte, v >= act_min and v <= act_max)
-        if write_mask:
-            mask_flush_row(mask, r, W * CO, byte)
+        flag = scratch_w_i8()  # (SCRATCH_W8,) per thread: the row's in-range flags, 0 or 1
+        far = L > SCRATCH_W8
+        if not far:
+            for ox in range(W):
+                j0 = ox * CO
+                for co in range(CO):  # vectorised: float64 lanes, no branch
+                    a = np.float64(acc[n, h, ox, co]) + np.float64(bias[co])
+                    v = _requant_f64(a, rq[0, co], rq[1, co], fz)
+                    flag[j0 + co] = np.int8(v >= flo) & np.int8(v <= fhi)
+                    y[n, h, ox, co] = np.int8(np.int32(min(max(v, flo), fhi)))
+                    far |= abs(a) >= rq[2, co]
+        if far:  # rare: the integer primitives, element by element
+            byte = 0
+            for ox in range(W):
+                for co in range(CO):
+                    v = _requant_int(acc[n, h, ox, co], bias[co], mult[co], shift[co], yz)
+                    y[n, h, ox, co] = np.int8(clamp(v, act_min, act_max))
+                    if write_mask:
+                        byte = mask_put_bit(mask, r, ox * CO + co, byte, v >= act_min and v <= act_max)
+            if write_mask:
+                mask_flush_row(mask, r, L, byte)
+        elif write_mask:
+            full = L >> 3
+            for b in range(full):  # bit i of byte b is element 8 b + i (kernels/mask.py)
+                byte = 0
+                for i in range(8):
+                    byte |= np.int64(flag[(b << 3) + i]) << i
+                mask[r, b] = np.uint8(byte)
+            if L & 7:
+                byte = 0
+                for j in range(full << 3, L):
+                    byte |= np.int64(flag[j]) << (j & 7)
+                mask[r, full] = np.uint8(byte)

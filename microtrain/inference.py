@@ -30,7 +30,8 @@ from microtrain.kernels.add import add_s8
 from microtrain.kernels.mask import NO_MASK  # inference writes no 1-bit training masks
 from microtrain.kernels.pool import global_mean_s8
 from microtrain.kernels.fully_connected import fully_connected_s8
-from microtrain.kernels.gemm_io import exact_in_f32, im2col_f32, requantize_acc_f32_s8, widen_s8_f32
+from microtrain.kernels.gemm_io import (exact_in_f32, im2col_f32, requant_f64_params, requantize_acc_f32_s8,
+                                        widen_s8_f32)
 
 BACKENDS = ("blas", "reference")
 
@@ -93,7 +94,7 @@ class Inference:
         rows_out = max((p * co for p, _, co in self._gemm_ops.values()), default=0)
         self._xf = np.empty(rows_in, np.float32)
         self._acc = np.empty(rows_out, np.float32)
-        self._wt = {}
+        self._wt = {}  # op name -> (K, Co) f32 weight; "rq:" + op name -> (3, Co) f64 requantization constants
         self._steps = [self._bind(op) for op in self.graph.ops]
         self.host_bytes = self._xf.nbytes + self._acc.nbytes + sum(w.nbytes for w in self._wt.values())
 
@@ -120,7 +121,8 @@ class Inference:
         wt = self._wt[op.name] = np.ascontiguousarray(w.T, dtype=np.float32)  # (K, Co), exact
         xf = self._xf[:P * k].reshape(P, k)
         acc = self._acc[:P * co].reshape(P, co)
-        tail = (xf, read_only(wt), acc, bias, mult, shift, x_zp, y_zp, lo, hi)
+        rq = self._wt[f"rq:{op.name}"] = read_only(requant_f64_params(mult, shift))  # (3, Co) f64 host constants
+        tail = (xf, read_only(wt), acc, bias, rq, mult, shift, x_zp, y_zp, lo, hi)
         if op.kind == "conv2d":
             return _gemm_conv_s8, (y.reshape(P, co), read_only(x)) + tail + (op.kernel, op.stride, op.pad)
         return _gemm_s8, (y.reshape(P, co), read_only(x.reshape(P, k))) + tail
@@ -179,18 +181,18 @@ class Inference:
         return self.view(self.graph.output)
 
 
-def _gemm_s8(y, x, xf, wt, acc, bias, mult, shift, x_zp, y_zp, lo, hi):
+def _gemm_s8(y, x, xf, wt, acc, bias, rq, mult, shift, x_zp, y_zp, lo, hi):
     """One int8 1x1 conv / classifier as an exact float32 GEMM (kernels/gemm_io.py): y (P, Co) s8 from
     x (P, Ci) s8; xf (P, Ci), acc (P, Co) f32 host scratch; wt (Ci, Co) f32. Allocates nothing: matmul writes
-    into acc."""
+    into acc; rq = gemm_io.requant_f64_params(mult, shift)."""
     widen_s8_f32(xf, x, x_zp)
     np.matmul(xf, wt, out=acc)
-    requantize_acc_f32_s8(y, acc, bias, mult, shift, y_zp, lo, hi)
+    requantize_acc_f32_s8(y, acc, bias, rq, mult, shift, y_zp, lo, hi)
 
 
-def _gemm_conv_s8(y, x, cols, wt, acc, bias, mult, shift, x_zp, y_zp, lo, hi, k, stride, pad):
+def _gemm_conv_s8(y, x, cols, wt, acc, bias, rq, mult, shift, x_zp, y_zp, lo, hi, k, stride, pad):
     """One int8 KxK conv as im2col + an exact float32 GEMM: y (P, Co) s8 from x (N, H, W, Ci) s8; cols (P, K*K*Ci),
     acc (P, Co) f32 host scratch; wt (K*K*Ci, Co) f32."""
     im2col_f32(cols, x, x_zp, k, k, stride, pad)
     np.matmul(cols, wt, out=acc)
-    requantize_acc_f32_s8(y, acc, bias, mult, shift, y_zp, lo, hi)
+    requantize_acc_f32_s8(y, acc, bias, rq, mult, shift, y_zp, lo, hi)

@@ -21,8 +21,9 @@ this one. Depthwise convs, adds, pooling, the head, masks and updates are the sa
 
 Memory: the arena (plan, offsets, peak) is the same for both backends. The GEMMs' float32 operands live in host
 buffers outside it (`HostGemm.host_bytes`): one left-operand buffer and one result/gather buffer shared by every
-layer (ops run one after another), one buffer to widen a trainable int8 weight, and a float32 copy of each frozen
-int8 weight a GEMM reads.
+layer (ops run one after another), one buffer to widen a trainable int8 weight, a float32 copy of each frozen
+int8 weight a GEMM reads, and each int8 GEMM layer's (3, Co) float64 requantization constants
+(gemm_io.requant_f64_params).
 """
 
 import numpy as np
@@ -30,7 +31,8 @@ import numpy as np
 from microtrain.arena import read_only
 from microtrain.kernels.gather import gather_channels
 from microtrain.kernels.gemm_f32 import bias_add_clamp_f32
-from microtrain.kernels.gemm_io import F32_EXACT_INT, exact_in_f32, im2col_f32, requantize_acc_f32_s8_mask, widen_s8_f32
+from microtrain.kernels.gemm_io import (F32_EXACT_INT, exact_in_f32, im2col_f32, requant_f64_params,
+                                        requantize_acc_f32_s8_mask, widen_s8_f32)
 
 F32 = np.float32
 GEMM_KINDS = ("conv2d", "pointwise")
@@ -60,10 +62,12 @@ class HostGemm:
         self._b = np.empty(b, F32)  # int8 forward's exact sums, or dy's kept output channels
         self._w = np.empty(w, F32)  # a trainable int8 weight widened for this step
         self._frozen = {}  # op name -> read-only float32 copy of a frozen int8 weight (Co, K)
+        self._rq = {}  # op name -> requantization constants of the float64 fast path (gemm_io.requant_f64_params)
 
     @property
     def host_bytes(self):
-        return self._a.nbytes + self._b.nbytes + self._w.nbytes + sum(v.nbytes for v in self._frozen.values())
+        return (self._a.nbytes + self._b.nbytes + self._w.nbytes + sum(v.nbytes for v in self._frozen.values())
+                + sum(v.nbytes for v in self._rq.values()))
 
     def _frozen_f32(self, op, w_int):
         if op.name not in self._frozen:
@@ -95,7 +99,8 @@ class HostGemm:
         w_src, wf = self._int8_weight(op, w, trainable)
         xf = self._a[:P * k].reshape(P, k)
         acc = self._b[:P * op.cout].reshape(P, op.cout)
-        tail = (w_src, wf, acc, acc.reshape(y.shape), bias, mult, shift, x_zp, y_zp, lo, hi)
+        rq = self._rq[op.name] = read_only(requant_f64_params(mult, shift))  # (3, Co) f64, fixed like mult, shift
+        tail = (w_src, wf, acc, acc.reshape(y.shape), bias, rq, mult, shift, x_zp, y_zp, lo, hi)
         if op.kind == "conv2d":
             return gemm_conv2d_s8, (y, mask, read_only(x), xf) + tail + (op.kernel, op.stride, op.pad)
         return gemm_pointwise_s8, (y, mask, read_only(x.reshape(P, k)), xf) + tail
@@ -146,22 +151,23 @@ class HostGemm:
 
 # ---- the step entries (each allocates nothing: every array is bound once; np.matmul writes into out) --------
 
-def gemm_pointwise_s8(y, mask, x2, xf, w_src, wf, acc, acc4, bias, mult, shift, x_zp, y_zp, lo, hi):
+def gemm_pointwise_s8(y, mask, x2, xf, w_src, wf, acc, acc4, bias, rq, mult, shift, x_zp, y_zp, lo, hi):
     """int8 1x1 conv: xf = x - x_zp (P, Ci); acc = xf @ wf.T (exact); y, mask = requantize(acc)."""
     if w_src is not None:
         widen_s8_f32(wf, w_src, 0)
     widen_s8_f32(xf, x2, x_zp)
     np.matmul(xf, wf.T, out=acc)
-    requantize_acc_f32_s8_mask(y, mask, acc4, bias, mult, shift, y_zp, lo, hi)
+    requantize_acc_f32_s8_mask(y, mask, acc4, bias, rq, mult, shift, y_zp, lo, hi)
 
 
-def gemm_conv2d_s8(y, mask, x, cols, w_src, wf, acc, acc4, bias, mult, shift, x_zp, y_zp, lo, hi, k, stride, pad):
+def gemm_conv2d_s8(y, mask, x, cols, w_src, wf, acc, acc4, bias, rq, mult, shift, x_zp, y_zp, lo, hi, k, stride,
+                   pad):
     """int8 KxK conv: cols = im2col(x - x_zp) (P, K*K*Ci); acc = cols @ wf.T (exact); y, mask = requantize(acc)."""
     if w_src is not None:
         widen_s8_f32(wf, w_src, 0)
     im2col_f32(cols, x, x_zp, k, k, stride, pad)
     np.matmul(cols, wf.T, out=acc)
-    requantize_acc_f32_s8_mask(y, mask, acc4, bias, mult, shift, y_zp, lo, hi)
+    requantize_acc_f32_s8_mask(y, mask, acc4, bias, rq, mult, shift, y_zp, lo, hi)
 
 
 def gemm_pointwise_f32(y2, x2, w2, bias, lo, hi):

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from microtrain import errors
 from microtrain.graph import load_graph
 from microtrain.inference import Inference, _gemm_conv_s8, _gemm_s8
-from microtrain.kernels.gemm_io import F32_EXACT_INT, exact_in_f32, im2col_f32, requantize_acc_f32_s8, widen_s8_f32
+from microtrain.kernels.gemm_io import (F32_EXACT_INT, exact_in_f32, im2col_f32, requant_f64_params, requantize_acc_f32_s8,
+                                        widen_s8_f32)
 from microtrain.kernels.pointwise import pointwise_conv_s8
 from microtrain.model import random_model
 from microtrain.reference_models import NAMES
@@ -27,7 +28,8 @@ def _gemm_layer(p, rows, ci, co):
     xf = np.full((rows, ci), np.nan, np.float32)
     acc = np.full((rows, co), np.nan, np.float32)
     wt = np.ascontiguousarray(p["w"].T, dtype=np.float32)
-    _gemm_s8(y, p["x"].reshape(rows, ci), xf, wt, acc, p["bias"], p["mult"], p["shift"], p["x_zp"], p["y_zp"],
+    _gemm_s8(y, p["x"].reshape(rows, ci), xf, wt, acc, p["bias"], requant_f64_params(p["mult"], p["shift"]),
+             p["mult"], p["shift"], p["x_zp"], p["y_zp"],
              p["act_min"], p["act_max"])
     return y
 
@@ -91,8 +93,8 @@ def test_gemm_conv2d_matches_naive_int64(geom, seed, act, extreme_bias):
     cols = np.full((rows, kk), np.nan, np.float32)
     acc = np.full((rows, co), np.nan, np.float32)
     wt = np.ascontiguousarray(p["w"].reshape(co, kk).T, dtype=np.float32)
-    _gemm_conv_s8(y, p["x"], cols, wt, acc, p["bias"], p["mult"], p["shift"], p["x_zp"], p["y_zp"], p["act_min"],
-                  p["act_max"], k, stride, pad)
+    _gemm_conv_s8(y, p["x"], cols, wt, acc, p["bias"], requant_f64_params(p["mult"], p["shift"]), p["mult"],
+                  p["shift"], p["x_zp"], p["y_zp"], p["act_min"], p["act_max"], k, stride, pad)
     np.testing.assert_array_equal(y.reshape(expected.shape), expected)
 
 
@@ -118,7 +120,8 @@ def test_gemm_ends_reject_inconsistent_shapes():
     with pytest.raises(ValueError):
         im2col_f32(np.zeros((5, 9), np.float32), np.zeros((1, 4, 4, 1), np.int8), 0, 3, 3, 1, 0)  # 2x2 = 4 rows
     with pytest.raises(ValueError):
-        requantize_acc_f32_s8(np.zeros((3, 4), np.int8), np.zeros((3, 5), np.float32), c, c, c, 0, -128, 127)
+        requantize_acc_f32_s8(np.zeros((3, 4), np.int8), np.zeros((3, 5), np.float32), c, np.zeros((3, 4)), c, c, 0,
+                              -128, 127)
 
 
 WHOLE_MODEL = pytest.mark.skipif(JIT_DISABLED, reason="whole models take minutes as pure Python; the layer cases "

@@ -21,7 +21,8 @@ from microtrain.kernels.add import add_f32, add_s8
 from microtrain.kernels.conv2d import conv2d_f32, conv2d_s8
 from microtrain.kernels.depthwise import depthwise_conv_f32, depthwise_conv_s8
 from microtrain.kernels.fully_connected import fully_connected_f32, fully_connected_s8
-from microtrain.kernels.gemm_io import im2col_f32, requantize_acc_f32_s8, widen_s8_f32
+from microtrain.kernels.gemm_io import (im2col_f32, requant_f64_params, requantize_acc_f32_s8,
+                                        requantize_acc_f32_s8_mask, widen_s8_f32)
 from microtrain.kernels.mask import NO_MASK, mask_shape
 from microtrain.kernels.pointwise import pointwise_conv_f32, pointwise_conv_s8
 from microtrain.kernels.pool import avgpool_f32, avgpool_s8, global_mean_f32, global_mean_s8
@@ -81,7 +82,13 @@ def kernel_calls():
         "im2col_f32": (im2col_f32, (np.zeros((16, 27), np.float32), s8(1, 7, 7, 3), 3, 3, 3, 2, 1)),
         "requantize_acc_f32_s8": (requantize_acc_f32_s8, (np.zeros((25, c), np.int8),
                                                           rng.integers(-5000, 5000, (25, c)).astype(np.float32),
-                                                          bias, mult, shift, -5, -128, 127)),
+                                                          bias, requant_f64_params(mult, shift), mult, shift, -5,
+                                                          -128, 127)),
+        "requantize_acc_f32_s8_mask": (requantize_acc_f32_s8_mask, (np.zeros((1, 4, 4, c), np.int8), mask44,
+                                                                    rng.integers(-5000, 5000, (1, 4, 4, c)).astype(
+                                                                        np.float32),
+                                                                    bias, requant_f64_params(mult, shift), mult,
+                                                                    shift, -5, -128, 127)),
         "quantize_s8": (quantize_s8, (np.zeros((1, 3, 3, c), np.int8), f32(1, 3, 3, c), 0.05, -3)),
         "dequantize_s8": (dequantize_s8, (np.zeros((1, 3, 3, c), np.float32), s8(1, 3, 3, c), 0.05, -3)),
     }

@@ -11,7 +11,7 @@ import naive
 from microtrain import errors
 from microtrain.export_c import export_training_step
 from microtrain.kernels.gemm_f32 import bias_add_clamp_f32
-from microtrain.kernels.gemm_io import im2col_f32, requantize_acc_f32_s8_mask
+from microtrain.kernels.gemm_io import im2col_f32, requant_f64_params, requantize_acc_f32_s8_mask
 from microtrain.kernels.mask import NO_MASK
 from microtrain.sparse import LayerUpdate, SparseConfig, full_train, load_config
 from microtrain.train import TrainStep
@@ -46,7 +46,8 @@ def test_int8_pointwise_entry_matches_naive_with_its_mask(geom, seed, act, extre
     acc = _garbage((P, co), np.float32)
     wf = _garbage((co, ci), np.float32) if trainable else p["w"].astype(np.float32)
     gemm_pointwise_s8(y, mask, p["x"].reshape(P, ci), _garbage((P, ci), np.float32), p["w"] if trainable else None,
-                      wf, acc, acc.reshape(n, h, w, co), p["bias"], p["mult"], p["shift"], p["x_zp"], p["y_zp"],
+                      wf, acc, acc.reshape(n, h, w, co), p["bias"], requant_f64_params(p["mult"], p["shift"]),
+                      p["mult"], p["shift"], p["x_zp"], p["y_zp"],
                       p["act_min"], p["act_max"])
     np.testing.assert_array_equal(y, expected)
     np.testing.assert_array_equal(mask, naive.pack_mask(in_range))
@@ -69,8 +70,8 @@ def test_int8_conv2d_entry_matches_naive_with_its_mask(geom, seed, act, trainabl
     w2 = p["w"].reshape(co, kk)
     wf = _garbage((co, kk), np.float32) if trainable else w2.astype(np.float32)
     gemm_conv2d_s8(y, mask, p["x"], _garbage((P, kk), np.float32), w2 if trainable else None, wf, acc,
-                   acc.reshape(expected.shape), p["bias"], p["mult"], p["shift"], p["x_zp"], p["y_zp"], p["act_min"],
-                   p["act_max"], k, stride, pad)
+                   acc.reshape(expected.shape), p["bias"], requant_f64_params(p["mult"], p["shift"]), p["mult"],
+                   p["shift"], p["x_zp"], p["y_zp"], p["act_min"], p["act_max"], k, stride, pad)
     np.testing.assert_array_equal(y, expected)
     np.testing.assert_array_equal(mask, naive.pack_mask(in_range))
 
@@ -81,12 +82,13 @@ def test_requantize_without_a_mask_writes_the_same_output():
                             lambda xr, wr, br: naive.pointwise_conv_f32(xr, wr, br, -np.inf, np.inf), act="relu6")
     acc = ((p["x"].astype(np.int64) - p["x_zp"]) @ p["w"].astype(np.int64).T).astype(np.float32)
     y = _garbage(acc.shape, np.int8)
-    requantize_acc_f32_s8_mask(y, NO_MASK, acc, p["bias"], p["mult"], p["shift"], p["y_zp"], p["act_min"],
+    rq = requant_f64_params(p["mult"], p["shift"])
+    requantize_acc_f32_s8_mask(y, NO_MASK, acc, p["bias"], rq, p["mult"], p["shift"], p["y_zp"], p["act_min"],
                                p["act_max"])
     np.testing.assert_array_equal(y, naive.pointwise_conv_s8(**p))
     with pytest.raises(ValueError, match="inconsistent shapes"):
-        requantize_acc_f32_s8_mask(y, NO_MASK, acc[:, :, :, :5], p["bias"], p["mult"], p["shift"], p["y_zp"], -128,
-                                   127)
+        requantize_acc_f32_s8_mask(y, NO_MASK, acc[:, :, :, :5], p["bias"], rq, p["mult"], p["shift"], p["y_zp"],
+                                   -128, 127)
 
 
 def _close(got, want):
