@@ -8,11 +8,22 @@ C twins: mt_depthwise_conv_s8, mt_depthwise_conv_f32 (docs/porting.md).
 import numpy as np
 from numba import njit, prange
 
-from microtrain.config import NJIT_PARALLEL
+from microtrain.config import NJIT, NJIT_PARALLEL
 
 from .mask import mask_check, mask_flush_row, mask_put_bit
 from .requant import INT32_MIN, clamp, mbqm
 from .scratch import SCRATCH_ACC, scratch_acc_i32
+
+
+@njit(**NJIT)
+def depthwise_s8_shapes_ok(y, x, w, bias, mult, shift, stride, pad):
+    """True if depthwise_conv_s8's arrays agree: y (N, OH, OW, C), x (N, H, W, C), w (KH, KW, C), bias, mult,
+    shift (C,), OH = (H + 2 pad - KH) // stride + 1 and OW likewise."""
+    N, OH, OW, C = y.shape
+    KH, KW = w.shape[0], w.shape[1]
+    return (x.shape[0] == N and x.shape[3] == C and w.shape[2] == C
+            and OH == (x.shape[1] + 2 * pad - KH) // stride + 1 and OW == (x.shape[2] + 2 * pad - KW) // stride + 1
+            and bias.shape[0] == C and mult.shape[0] == C and shift.shape[0] == C)
 
 
 @njit(**NJIT_PARALLEL)
@@ -49,9 +60,7 @@ def depthwise_conv_s8(y, mask, x, w, bias, mult, shift, x_zp, y_zp, act_min, act
     W = x.shape[2]
     KH = w.shape[0]
     KW = w.shape[1]
-    if (x.shape[0] != N or x.shape[3] != C or w.shape[2] != C
-            or OH != (H + 2 * pad - KH) // stride + 1 or OW != (W + 2 * pad - KW) // stride + 1
-            or bias.shape[0] != C or mult.shape[0] != C or shift.shape[0] != C):
+    if not depthwise_s8_shapes_ok(y, x, w, bias, mult, shift, stride, pad):
         raise ValueError("depthwise_conv_s8: inconsistent shapes")
     write_mask = mask_check(mask, N * OH, OW, C)
     xz = np.int32(x_zp)

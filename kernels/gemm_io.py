@@ -36,7 +36,7 @@ from numba import njit, prange
 
 from microtrain.config import NJIT, NJIT_PARALLEL
 
-from .mask import mask_check, mask_flush_row, mask_put_bit
+from .mask import mask_check, mask_flush_row, mask_pack_row, mask_put_bit
 from .requant import INT32_MIN, clamp, mbqm
 from .scratch import SCRATCH_W8, scratch_w_i8
 
@@ -220,14 +220,4 @@ def requantize_acc_f32_s8_mask(y, mask, acc, bias, rq, mult, shift, y_zp, act_mi
             if write_mask:
                 mask_flush_row(mask, r, L, byte)
         elif write_mask:
-            full = L >> 3
-            for b in range(full):  # bit i of byte b is element 8 b + i (kernels/mask.py)
-                byte = 0
-                for i in range(8):
-                    byte |= np.int64(flag[(b << 3) + i]) << i
-                mask[r, b] = np.uint8(byte)
-            if L & 7:
-                byte = 0
-                for j in range(full << 3, L):
-                    byte |= np.int64(flag[j]) << (j & 7)
-                mask[r, full] = np.uint8(byte)
+            mask_pack_row(mask, r, flag, L)

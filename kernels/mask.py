@@ -87,3 +87,22 @@ def mask_or_bit(mask, r, j, bit):
     that finish a row's elements out of order (blocks of output channels); rows still never share a byte."""
     if bit:
         mask[r, j >> 3] |= np.uint8(1 << (j & 7))
+
+
+@njit(**NJIT)
+def mask_pack_row(mask, r, flag, n):
+    """Write row r of the mask from n in-range flags: bit j = flag[j] (each 0 or 1), j < n; the unused high bits of
+    the last byte are 0. flag: int8 (>= n,), e.g. a kernel's per-thread stack row. For kernels that first compute a
+    row's flags in a branch-free (vectorised) loop, then pack them."""
+    full = n >> 3
+    for b in range(full):
+        f = flag[b << 3:(b << 3) + 8]
+        byte = 0
+        for i in range(8):
+            byte |= np.int64(f[i]) << i
+        mask[r, b] = np.uint8(byte)
+    if n & 7:
+        byte = 0
+        for j in range(full << 3, n):
+            byte |= np.int64(flag[j]) << (j & 7)
+        mask[r, full] = np.uint8(byte)

@@ -12,9 +12,10 @@ Two backends, identical outputs bit for bit (tests check both against TFLM):
   - "reference": every op runs its loop kernel, the code the C twins mirror (docs/porting.md);
   - "blas" (default): standard and 1x1 convs and the classifier run as float32 matrix products in NumPy's
     BLAS (a standard conv over its im2col patches), exact because every partial sum is an integer below 2^24
-    (kernels/gemm_io.py checks that bound per layer and keeps the loop kernel where it fails). Host only: its
-    float32 operands are host memory outside the planned arena (`host_bytes`); the arena and its peak are the
-    same for both backends.
+    (kernels/gemm_io.py checks that bound per layer and keeps the loop kernel where it fails), and depthwise
+    convs run kernels/depthwise_host.py (row-wise vectorised, float64 requantization; same bits). Host only:
+    its float32 operands and requantization constants are host memory outside the planned arena
+    (`host_bytes`); the arena and its peak are the same for both backends.
 """
 
 import numpy as np
@@ -25,6 +26,7 @@ from microtrain.planner import PlanBuilder
 from microtrain.kernels.requant import activation_range_s8, add_multipliers, conv_multipliers
 from microtrain.kernels.conv2d import conv2d_s8
 from microtrain.kernels.depthwise import depthwise_conv_s8
+from microtrain.kernels.depthwise_host import depthwise_conv_s8_host, depthwise_host_fits
 from microtrain.kernels.pointwise import pointwise_conv_s8
 from microtrain.kernels.add import add_s8
 from microtrain.kernels.mask import NO_MASK  # inference writes no 1-bit training masks
@@ -149,6 +151,10 @@ class Inference:
             if op.kind == "conv2d":
                 return conv2d_s8, (y, NO_MASK, x) + common + (op.stride, op.pad)
             if op.kind == "depthwise":
+                if self.backend == "blas" and depthwise_host_fits(y.shape[2], op.cout):
+                    rq = self._wt[f"rq:{op.name}"] = read_only(requant_f64_params(mult, shift))
+                    w_b, q = common[:2], common[2:]  # (weight, bias), (mult, shift, zero points, range)
+                    return depthwise_conv_s8_host, (y, NO_MASK, x) + w_b + (rq,) + q + (op.stride, op.pad)
                 return depthwise_conv_s8, (y, NO_MASK, x) + common + (op.stride, op.pad)
             if op.kind == "pointwise":
                 return pointwise_conv_s8, (y, NO_MASK, x) + common

@@ -11,24 +11,27 @@ in place of the loop kernel the "reference" backend (and firmware's C twins) run
   fp32 forward, conv2d/1x1   (im2col) -> sgemm -> + bias, clamp                     float32 rounding
   1x1 input gradient         dx (P, Ci) = dy (P, Co) @ w (Co, Ci)                   float32 rounding
   1x1 weight gradient        dw (K, Ci') = dy[:, keep_out].T @ (x - x_zp)           float32 rounding
+  int8 forward, depthwise    kernels/depthwise_host.py (row-wise vectorised taps,   identical (exact int32 sums)
+                             float64 requantization) + 1-bit mask
 
 The int8 forward is exact only while sum_ci |w[co, ci]| * max|x - x_zp| <= 2^24; a frozen layer is checked on its
 weights, a trainable one on the worst case (every weight at 127: its weights change every step), and a layer that
 fails keeps the loop kernel. The fp32 sums differ from the loop kernels' in float32 rounding only (sgemm blocks
 and fuses the same products in another order), so results differ from the reference backend at that level: the
 adaptation is deterministic for one machine and thread count, but firmware reproduces the "reference" backend, not
-this one. Depthwise convs, adds, pooling, the head, masks and updates are the same kernels in both backends.
+this one. fp32 depthwise convs, adds, pooling, the head, masks and updates are the same kernels in both backends.
 
 Memory: the arena (plan, offsets, peak) is the same for both backends. The GEMMs' float32 operands live in host
 buffers outside it (`HostGemm.host_bytes`): one left-operand buffer and one result/gather buffer shared by every
 layer (ops run one after another), one buffer to widen a trainable int8 weight, a float32 copy of each frozen
-int8 weight a GEMM reads, and each int8 GEMM layer's (3, Co) float64 requantization constants
+int8 weight a GEMM reads, and each int8 GEMM or depthwise layer's (3, Co) float64 requantization constants
 (gemm_io.requant_f64_params).
 """
 
 import numpy as np
 
 from microtrain.arena import read_only
+from microtrain.kernels.depthwise_host import depthwise_conv_s8_host, depthwise_host_fits
 from microtrain.kernels.gather import gather_channels
 from microtrain.kernels.gemm_f32 import bias_add_clamp_f32
 from microtrain.kernels.gemm_io import (F32_EXACT_INT, exact_in_f32, im2col_f32, requant_f64_params,
@@ -85,7 +88,14 @@ class HostGemm:
     # ---- forward ---------------------------------------------------------------------------------------
     def forward_s8(self, op, y, mask, x, w, trainable, bias, mult, shift, x_zp, y_zp, lo, hi):
         """int8 conv2d / 1x1 forward, bit-exact with conv2d_s8 / pointwise_conv_s8 (mask included), or None when
-        the float32 sums could round."""
+        the float32 sums could round; an int8 depthwise forward as depthwise_conv_s8_host (bit-exact with
+        depthwise_conv_s8), or None when its output row does not fit the kernel's stack row."""
+        if op.kind == "depthwise":
+            if not depthwise_host_fits(y.shape[2], op.cout):
+                return None
+            rq = self._rq[op.name] = read_only(requant_f64_params(mult, shift))
+            return depthwise_conv_s8_host, (y, mask, read_only(x), w, bias, rq, mult, shift, x_zp, y_zp, lo, hi,
+                                            op.stride, op.pad)
         if op.kind not in GEMM_KINDS:
             return None
         k = int(np.prod(op.weight_shape()[1:]))

@@ -20,6 +20,7 @@ from numba import njit
 from microtrain.kernels.add import add_f32, add_s8
 from microtrain.kernels.conv2d import conv2d_f32, conv2d_s8
 from microtrain.kernels.depthwise import depthwise_conv_f32, depthwise_conv_s8
+from microtrain.kernels.depthwise_host import depthwise_conv_s8_host
 from microtrain.kernels.fully_connected import fully_connected_f32, fully_connected_s8
 from microtrain.kernels.gemm_io import (im2col_f32, requant_f64_params, requantize_acc_f32_s8,
                                         requantize_acc_f32_s8_mask, widen_s8_f32)
@@ -89,6 +90,14 @@ def kernel_calls():
                                                                         np.float32),
                                                                     bias, requant_f64_params(mult, shift), mult,
                                                                     shift, -5, -128, 127)),
+        # the "blas" backends' depthwise kernel: stride 1 (row-wise weights) and stride 2 (per pixel)
+        "depthwise_conv_s8_host": (depthwise_conv_s8_host, (np.zeros((1, 7, 7, c), np.int8), NO_MASK,
+                                                            s8(1, 7, 7, c), s8(3, 3, c), bias,
+                                                            requant_f64_params(mult, shift), mult, shift, *q, 1, 1)),
+        "depthwise_conv_s8_host_mask": (depthwise_conv_s8_host, (np.zeros((1, 4, 4, c), np.int8), mask44,
+                                                                 s8(1, 7, 7, c), s8(5, 5, c), bias,
+                                                                 requant_f64_params(mult, shift), mult, shift, *q, 2,
+                                                                 2)),
         "quantize_s8": (quantize_s8, (np.zeros((1, 3, 3, c), np.int8), f32(1, 3, 3, c), 0.05, -3)),
         "dequantize_s8": (dequantize_s8, (np.zeros((1, 3, 3, c), np.float32), s8(1, 3, 3, c), 0.05, -3)),
     }

@@ -1,0 +1,143 @@
+"""int8 depthwise conv of the host "blas" backends: depthwise_conv_s8's output and 1-bit mask, bit for bit, faster.
+
+Host only, no C twin: firmware mirrors depthwise_conv_s8 (mt_depthwise_conv_s8). Inference and TrainStep with
+backend="blas" call this kernel for every depthwise layer whose output row fits the stack row
+(depthwise_host_fits), the reference kernel for any other.
+
+What makes it faster than the reference (numbers in bench/README.md):
+- Stride 1: one output row at a time. For tap (ky, kx), output (ox, c) reads input (ox + kx - pad, c), so along a
+  row the tap's products form one contiguous run in x's row and in the int32 accumulator row, and, once the
+  weights are laid out along a row (wt[(ky * KW + kx) * L + ox * C + c] = w[ky, kx, c], L = OW * C, built once
+  per thread chunk), in the weights too. The inner loop then runs over up to OW * C elements instead of C: MCUNet's
+  first depthwise layer has C = 16, fewer than one unrolled AVX2 iteration of LLVM's vectorised loop, so the
+  reference's channel loop runs in its scalar remainder.
+- Other strides: per output pixel, channels innermost, as the reference.
+- Inner loops index slices from 0. Numba gives an index that might be negative a wraparound branch, which stops
+  LLVM from vectorising the loop (acc[c - c0] in the reference); a range index from 0 has none.
+- Requantization in float64 (exact: kernels/gemm_io.py's docstring), with the integer primitives for any element
+  whose |acc + bias| is beyond the fast path's limit.
+Every sum is the same exact int32 sum as the reference's (integers, |sum| < 2^21 for 7x7: depthwise.py's Overflow
+note), whatever the order, so y and the mask are the reference's.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from microtrain.config import NJIT_PARALLEL
+
+from .depthwise import depthwise_s8_shapes_ok
+from .gemm_io import _requant_f64, _requant_int
+from .mask import mask_check, mask_pack_row
+from .requant import clamp
+from .scratch import PARALLEL_CHUNKS, SCRATCH_ACC, SCRATCH_W8, chunk_bounds, scratch_acc_i32, scratch_w_i8
+
+
+def depthwise_host_fits(out_w, channels):
+    """True if depthwise_conv_s8_host can run a layer with this output width and channel count: one output row of
+    int32 sums (OW * C) must fit the per-thread stack row (SCRATCH_ACC)."""
+    return int(out_w) * int(channels) <= SCRATCH_ACC
+
+
+@njit(**NJIT_PARALLEL)
+def depthwise_conv_s8_host(y, mask, x, w, bias, rq, mult, shift, x_zp, y_zp, act_min, act_max, stride, pad):
+    """depthwise_conv_s8 (same arguments, plus rq) for the host: identical y and mask.
+
+    Layout:    as depthwise_conv_s8: y (N, OH, OW, C) s8 out; mask (N * OH, ceil(OW * C / 8)) u8 out, or NO_MASK;
+               x (N, H, W, C) s8, C-contiguous; w (KH, KW, C) s8; bias (C,) s32; rq (3, C) f64 =
+               gemm_io.requant_f64_params(mult, shift); mult, shift (C,) s32. OW * C <= SCRATCH_ACC
+               (depthwise_host_fits).
+    Ownership: writes every element of y and, unless NO_MASK, every byte of mask; allocates nothing (per-thread
+               stack rows: the accumulator row, the row-wise weights and the row's in-range flags).
+    Parallel:  prange over one contiguous chunk of (batch x output rows) per thread (the row-wise weights are built
+               once per chunk); disjoint rows of y and of mask; exact integer sums, so deterministic.
+    """
+    N, OH, OW, C = y.shape
+    H = x.shape[1]
+    W = x.shape[2]
+    KH = w.shape[0]
+    KW = w.shape[1]
+    if not depthwise_s8_shapes_ok(y, x, w, bias, mult, shift, stride, pad) or rq.shape[0] != 3 or rq.shape[1] != C:
+        raise ValueError("depthwise_conv_s8_host: inconsistent shapes")
+    L = OW * C
+    if L > SCRATCH_ACC:
+        raise ValueError("depthwise_conv_s8_host: an output row (OW * C) is longer than SCRATCH_ACC; "
+                         "use depthwise_conv_s8")
+    write_mask = mask_check(mask, N * OH, OW, C)
+    # stride 1 with room for the row-wise weights and, after them, the flag row
+    tiled = stride == 1 and (KH * KW + 1) * L <= SCRATCH_W8
+    f0 = KH * KW * L if tiled else 0  # the flag row's offset in the int8 scratch
+    xz = np.int32(x_zp)
+    yz = np.int64(y_zp)
+    fz, flo, fhi = np.float64(y_zp), np.float64(act_min), np.float64(act_max)
+    xf = x.reshape(N * H * W * C)  # a view: the tiled path addresses whole input rows
+    rows = N * OH
+    chunks = min(PARALLEL_CHUNKS, rows)
+    for t in prange(chunks):
+        acc = scratch_acc_i32()  # (SCRATCH_ACC,) the row's int32 sums, element ox * C + c
+        wt = scratch_w_i8()  # (SCRATCH_W8,) row-wise weights [0, f0), then the row's in-range flags [f0, f0 + L)
+        if tiled:
+            for k in range(KH * KW):
+                ky = k // KW
+                wk = w[ky, k - ky * KW]
+                for ox in range(OW):
+                    wo = wt[k * L + ox * C:k * L + ox * C + C]
+                    for c in range(C):
+                        wo[c] = wk[c]
+        flag = wt[f0:f0 + L]
+        r0, r1 = chunk_bounds(rows, chunks, t)
+        for r in range(r0, r1):
+            n = r // OH
+            oy = r - n * OH
+            iy0 = oy * stride - pad
+            ky0 = max(0, -iy0)  # taps inside the image; outside ones add (x_zp - x_zp) * w = 0
+            ky1 = min(KH, H - iy0)
+            for j in range(L):
+                acc[j] = 0
+            if tiled:
+                for ky in range(ky0, ky1):
+                    xrow = ((n * H) + iy0 + ky) * W * C  # input row (n, iy) in xf
+                    for kx in range(KW):
+                        ox0 = max(0, pad - kx)  # outputs whose input column ox + kx - pad is in [0, W)
+                        ox1 = min(OW, W + pad - kx)
+                        if ox1 <= ox0:
+                            continue
+                        wb = (ky * KW + kx) * L
+                        a_s = acc[ox0 * C:ox1 * C]
+                        w_s = wt[wb + ox0 * C:wb + ox1 * C]
+                        x_s = xf[xrow + (ox0 + kx - pad) * C:xrow + (ox1 + kx - pad) * C]
+                        for j in range(a_s.shape[0]):  # contiguous (ox, c) run: vectorised
+                            a_s[j] += np.int32(w_s[j]) * (np.int32(x_s[j]) - xz)
+            else:
+                for ox in range(OW):
+                    ix0 = ox * stride - pad
+                    kx0 = max(0, -ix0)
+                    kx1 = min(KW, W - ix0)
+                    a_s = acc[ox * C:ox * C + C]
+                    for ky in range(ky0, ky1):
+                        for kx in range(kx0, kx1):
+                            w_s = w[ky, kx]
+                            x_s = x[n, iy0 + ky, ix0 + kx]
+                            for c in range(C):  # contiguous channels: vectorised
+                                a_s[c] += np.int32(w_s[c]) * (np.int32(x_s[c]) - xz)
+            yr = y[n, oy]
+            far = False
+            for ox in range(OW):
+                a_s = acc[ox * C:ox * C + C]
+                f_s = flag[ox * C:ox * C + C]
+                y_s = yr[ox]
+                for c in range(C):  # float64 lanes, no branch
+                    a = np.float64(a_s[c]) + np.float64(bias[c])
+                    v = _requant_f64(a, rq[0, c], rq[1, c], fz)
+                    f_s[c] = np.int8(v >= flo) & np.int8(v <= fhi)
+                    y_s[c] = np.int8(np.int32(min(max(v, flo), fhi)))
+                    far |= abs(a) >= rq[2, c]
+            if far:  # rare: the elements beyond the fast path's limit, with the integer primitives
+                for ox in range(OW):
+                    for c in range(C):
+                        j = ox * C + c
+                        if abs(np.float64(acc[j]) + np.float64(bias[c])) >= rq[2, c]:
+                            v = _requant_int(acc[j], bias[c], mult[c], shift[c], yz)
+                            flag[j] = np.int8(v >= act_min and v <= act_max)
+                            yr[ox, c] = np.int8(clamp(v, act_min, act_max))
+            if write_mask:
+                mask_pack_row(mask, r, flag, L)

@@ -1,0 +1,142 @@
+"""depthwise_conv_s8_host (the "blas" backends' depthwise kernel) against tests/naive.py's integer depthwise conv:
+y and the 1-bit mask bit for bit, on both of its paths (stride 1 with row-wise weights; any stride per pixel),
+int32-wrapping biases (the float64 requantization's integer fall-back), positive shifts and saturation; and
+against the reference kernel depthwise_conv_s8 on real layer shapes."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import naive
+from microtrain.graph import load_graph
+from microtrain.kernels.depthwise import depthwise_conv_s8
+from microtrain.kernels.depthwise_host import depthwise_conv_s8_host, depthwise_host_fits
+from microtrain.kernels.gemm_io import requant_f64_params
+from microtrain.kernels.mask import NO_MASK, mask_shape
+from microtrain.kernels.scratch import SCRATCH_ACC, SCRATCH_W8
+from microtrain.reference_models import NAMES
+from settings import JIT_DISABLED, kernel_settings
+
+
+def run(seed, n, h, w, c, k, stride, pad, **opts):
+    """The host kernel on a random naive.make_s8_layer layer, checked against naive.depthwise_conv_s8 (y without and
+    with a mask, the mask itself). Returns (y, layer)."""
+    rng = np.random.default_rng(seed)
+
+    def real_fn(xr, wr, br):
+        return naive.depthwise_conv_f32(xr, wr, br, -np.inf, np.inf, stride, pad)
+
+    p = naive.make_s8_layer(rng, (n, h, w, c), (k, k, c), -1, real_fn, **opts)
+    want, in_range = naive.depthwise_conv_s8(**p, stride=stride, pad=pad, with_mask=True)
+    rq = requant_f64_params(p["mult"], p["shift"])
+    y = naive.check_s8_kernel(depthwise_conv_s8_host, want, in_range, p["x"], p["w"], p["bias"], rq, p["mult"],
+                              p["shift"], p["x_zp"], p["y_zp"], p["act_min"], p["act_max"], stride, pad)
+    return y, p
+
+
+CASES = {
+    "k3_s1_p1_c16_mcunet_first": dict(n=2, h=9, w=9, c=16, k=3, stride=1, pad=1),
+    "k7_s1_p3_image_smaller_than_kernel": dict(n=1, h=3, w=4, c=3, k=7, stride=1, pad=3),
+    "k3_p1_1x1_image": dict(n=1, h=1, w=1, c=5, k=3, stride=1, pad=1),
+    "k5_s1_p0_valid": dict(n=1, h=7, w=6, c=3, k=5, stride=1, pad=0),
+    "k1_s1": dict(n=1, h=4, w=3, c=7, k=1, stride=1, pad=0),
+    "k3_s2_odd": dict(n=1, h=7, w=7, c=5, k=3, stride=2, pad=1),
+    "k7_s2_p3_c1": dict(n=1, h=9, w=8, c=1, k=7, stride=2, pad=3),
+    "k3_s3": dict(n=1, h=10, w=8, c=4, k=3, stride=3, pad=1),
+    # stride 1, but (KH * KW + 1) * OW * C > SCRATCH_W8: the per-pixel path
+    "k7_s1_rows_too_long_to_tile": dict(n=1, h=3, w=14, c=100, k=7, stride=1, pad=3),
+    "saturate": dict(n=1, h=6, w=6, c=4, k=3, stride=1, pad=1, saturate=True),
+    "positive_shift": dict(n=1, h=5, w=5, c=4, k=3, stride=1, pad=1, eff_scale=4.0),
+    "relu6": dict(n=1, h=5, w=7, c=9, k=5, stride=1, pad=2, act="relu6"),
+    "random_act_range_s2": dict(n=1, h=5, w=5, c=4, k=5, stride=2, pad=2, act="random"),
+    "y_zp_minus128": dict(n=1, h=5, w=5, c=4, k=3, stride=1, pad=1, y_zp=-128),
+    # acc + bias wraps int32: those elements take the integer fall-back, their neighbours the float64 path
+    "bias_int32_extremes_s1": dict(n=1, h=9, w=9, c=16, k=3, stride=1, pad=1, act="relu6", extreme_bias=True),
+    "bias_int32_extremes_s2": dict(n=1, h=9, w=9, c=16, k=3, stride=2, pad=1, extreme_bias=True),
+}
+
+
+def test_the_per_pixel_case_really_is_too_long_to_tile():
+    g = CASES["k7_s1_rows_too_long_to_tile"]
+    assert (g["k"] ** 2 + 1) * g["w"] * g["c"] > SCRATCH_W8 and g["w"] * g["c"] <= SCRATCH_ACC
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_depthwise_host_cases(name):
+    opts = dict(CASES[name])
+    y, p = run(2024, **opts)
+    if opts.get("saturate") or "eff_scale" in opts:
+        assert np.mean((y == p["act_min"]) | (y == p["act_max"])) > 0.3
+    if opts.get("extreme_bias"):
+        assert np.abs(p["bias"].astype(np.int64)).max() > 1 << 30
+
+
+@st.composite
+def geometry(draw):
+    k = draw(st.sampled_from([1, 3, 5, 7]))
+    pad = draw(st.integers(0, k // 2))
+    lo = max(1, k - 2 * pad)
+    return dict(n=draw(st.integers(1, 2)), h=draw(st.integers(lo, 11)), w=draw(st.integers(lo, 13)),
+                c=draw(st.integers(1, 20)), k=k, stride=draw(st.sampled_from([1, 1, 2, 3])), pad=pad)
+
+
+@kernel_settings(40)
+@given(geometry(), st.integers(0, 2 ** 32 - 1), st.booleans(), st.sampled_from([None, "relu6", "random"]),
+       st.booleans())
+def test_depthwise_host_hypothesis(geom, seed, saturate, act, extreme_bias):
+    run(seed, **geom, saturate=saturate, act=act, extreme_bias=extreme_bias)
+
+
+def _real_layers():
+    out = []
+    for model in NAMES:
+        g = load_graph(model)
+        for op in g.ops:
+            if op.kind == "depthwise":
+                out.append(pytest.param(g.shapes[op.inputs[0]], g.shapes[op.output], op, id=f"{model}:{op.name}"))
+    return out
+
+
+@pytest.mark.skipif(JIT_DISABLED, reason="real layer shapes take minutes as pure Python; the cases above cover "
+                                         "both paths with the JIT off")
+@pytest.mark.parametrize("xin,yout,op", _real_layers())
+def test_depthwise_host_equals_reference_on_real_layers(xin, yout, op):
+    rng = np.random.default_rng(7)
+    n = 2
+    x = rng.integers(-128, 128, (n,) + tuple(xin)).astype(np.int8)
+    w = rng.integers(-127, 128, (op.kernel, op.kernel, op.cout)).astype(np.int8)
+    bias = rng.integers(-20000, 20000, op.cout).astype(np.int32)
+    mult = rng.integers(1 << 30, (1 << 31) - 1, op.cout).astype(np.int32)
+    # output spread ~60 LSB: a sum of K^2 products of two uniform int8 has std ~ 74^2 * K, and mult ~ 0.75 * 2^31
+    spread = int(np.round(np.log2(60 / (0.75 * 74 ** 2 * op.kernel))))
+    shift = rng.integers(spread - 1, spread + 2, op.cout).astype(np.int32)
+    assert depthwise_host_fits(yout[1], yout[2])
+    shape = (n,) + tuple(yout)
+    y_ref, y_host = np.empty(shape, np.int8), np.full(shape, 7, np.int8)
+    m_ref, m_host = np.empty(mask_shape(*shape), np.uint8), np.full(mask_shape(*shape), 0x5A, np.uint8)
+    args = (x, w, bias, mult, shift, 3, -4, -128, 100)
+    depthwise_conv_s8(y_ref, m_ref, *args, op.stride, op.pad)
+    depthwise_conv_s8_host(y_host, m_host, x, w, bias, requant_f64_params(mult, shift), mult, shift, 3, -4, -128,
+                           100, op.stride, op.pad)
+    np.testing.assert_array_equal(y_host, y_ref)
+    np.testing.assert_array_equal(m_host, m_ref)
+    assert 0.01 < np.mean(y_ref == 100) < 0.5  # the clamp and the mask are exercised
+
+
+def test_depthwise_host_rejects_bad_shapes():
+    x = np.zeros((1, 5, 5, 4), np.int8)
+    c = np.zeros(4, np.int32)
+    rq = requant_f64_params(c + (1 << 30), c - 1)
+    y = np.zeros((1, 5, 5, 4), np.int8)
+    with pytest.raises(ValueError, match="inconsistent shapes"):
+        depthwise_conv_s8_host(y, NO_MASK, x, np.zeros((3, 3, 3), np.int8), c, rq, c, c, 0, 0, -128, 127, 1, 1)
+    with pytest.raises(ValueError, match="inconsistent shapes"):
+        depthwise_conv_s8_host(y, NO_MASK, x, np.zeros((3, 3, 4), np.int8), c, rq[:, :3], c, c, 0, 0, -128, 127, 1,
+                               1)
+    wide = SCRATCH_ACC // 4 + 1  # OW * C = 4 * wide > SCRATCH_ACC
+    assert not depthwise_host_fits(wide, 4)
+    xw = np.zeros((1, 1, wide, 4), np.int8)
+    with pytest.raises(ValueError, match="SCRATCH_ACC"):
+        depthwise_conv_s8_host(np.zeros((1, 1, wide, 4), np.int8), NO_MASK, xw, np.zeros((1, 1, 4), np.int8), c,
+                               rq, c, c, 0, 0, -128, 127, 1, 0)
