@@ -6,6 +6,7 @@ applies QAS (x (s_w s_x)^-2); the bias itself is int32 there, its gradient fp32.
 C twins: mt_bias_f32_backward, mt_bias_f32_backward_2d.
 """
 
+import numpy as np
 from numba import njit, prange
 
 from microtrain.config import NJIT, NJIT_PARALLEL
@@ -37,13 +38,16 @@ def bias_f32_backward(db, dy, keep):
     chunks = min(PARALLEL_CHUNKS, K)
     for t in prange(chunks):
         k0, k1 = chunk_bounds(K, chunks, t)
-        for k in range(k0, k1):
-            db[k] = 0
+        d = db[k0:k1]  # this thread's channels; slices indexed from 0 and an unsigned gather index (keep was
+        kp = keep[k0:k1]  # checked >= 0 above) carry no wraparound branch, so the k loop vectorises
+        for k in range(k1 - k0):
+            d[k] = 0
         for n in range(N):
             for h in range(H):
                 for w in range(W):
-                    for k in range(k0, k1):
-                        db[k] += dy[n, h, w, keep[k]]
+                    row = dy[n, h, w]
+                    for k in range(k1 - k0):
+                        d[k] += row[np.uint32(kp[k])]
 
 
 @njit(**NJIT)
