@@ -12,8 +12,8 @@ Two backends, identical outputs bit for bit (tests check both against TFLM):
   - "reference": every op runs its loop kernel, the code the C twins mirror (docs/porting.md);
   - "blas" (default): standard and 1x1 convs and the classifier run as float32 matrix products in NumPy's
     BLAS (a standard conv over its im2col patches), exact because every partial sum is an integer below 2^24
-    (kernels/gemm_io.py checks that bound per layer and keeps the loop kernel where it fails), and depthwise
-    convs run kernels/depthwise_host.py (row-wise vectorised, float64 requantization; same bits). Host only:
+    (kernels/gemm_io.py checks that bound per layer and keeps the loop kernel where it fails); depthwise
+    convs and residual adds run host kernels (kernels/depthwise_host.py, add_host.py; same bits). Host only:
     its float32 operands and requantization constants are host memory outside the planned arena
     (`host_bytes`); the arena and its peak are the same for both backends.
 """
@@ -29,6 +29,7 @@ from microtrain.kernels.depthwise import depthwise_conv_s8
 from microtrain.kernels.depthwise_host import depthwise_conv_s8_host, depthwise_host_fits
 from microtrain.kernels.pointwise import pointwise_conv_s8
 from microtrain.kernels.add import add_s8
+from microtrain.kernels.add_host import add_host_fits, add_s8_host
 from microtrain.kernels.mask import NO_MASK  # inference writes no 1-bit training masks
 from microtrain.kernels.pool import global_mean_s8
 from microtrain.kernels.fully_connected import fully_connected_s8
@@ -162,8 +163,9 @@ class Inference:
         if op.kind == "add":
             aq, bq = m.quant[op.inputs[0]], m.quant[op.inputs[1]]
             (am, ash), (bm, bsh), (ym, ysh) = add_multipliers(aq[0], bq[0], yq[0])
-            return add_s8, (y, NO_MASK, self.view(op.inputs[0]), self.view(op.inputs[1]), aq[1], am, ash,
-                            bq[1], bm, bsh, yq[1], ym, ysh, -128, 127)
+            fn = add_s8_host if self.backend == "blas" and add_host_fits(y.shape[2], y.shape[3]) else add_s8
+            return fn, (y, NO_MASK, self.view(op.inputs[0]), self.view(op.inputs[1]), aq[1], am, ash,
+                        bq[1], bm, bsh, yq[1], ym, ysh, -128, 127)
         if op.kind == "mean":
             return global_mean_s8, (y, self.view(op.inputs[0]), -128, 127)
         raise ValueError(f"no int8 kernel for op kind {op.kind}")

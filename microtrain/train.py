@@ -18,6 +18,7 @@ from microtrain.arena import Arena, read_only
 from microtrain.errors import InputError, NumericError
 from microtrain.kernels import update as upd
 from microtrain.kernels.add import add_s8, add_f32
+from microtrain.kernels.add_host import add_host_fits, add_s8_host
 from microtrain.kernels.clamp_backward import clamp_f32_backward
 from microtrain.kernels.bias_backward import bias_f32_backward, bias_f32_backward_2d
 from microtrain.kernels.conv2d import conv2d_f32, conv2d_s8
@@ -208,9 +209,10 @@ class TrainStep:
             if opts.mode == "int8":
                 (am, ash), (bm, bsh), (ym, ysh) = add_multipliers(m.quant[op.inputs[0]][0], m.quant[op.inputs[1]][0],
                                                                   m.quant[op.output][0])
-                F.append((add_s8, (y, mask, self._act(op.inputs[0]), self._act(op.inputs[1]),
-                                   m.quant[op.inputs[0]][1], am, ash, m.quant[op.inputs[1]][1], bm, bsh,
-                                   m.quant[op.output][1], ym, ysh, -128, 127)))
+                fn = add_s8_host if self._gemm and add_host_fits(y.shape[2], y.shape[3]) else add_s8
+                F.append((fn, (y, mask, self._act(op.inputs[0]), self._act(op.inputs[1]),
+                               m.quant[op.inputs[0]][1], am, ash, m.quant[op.inputs[1]][1], bm, bsh,
+                               m.quant[op.output][1], ym, ysh, -128, 127)))
             else:
                 F.append((add_f32, (y, self._act(op.inputs[0]), self._act(op.inputs[1]))))
             return

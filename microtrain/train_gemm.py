@@ -13,13 +13,15 @@ in place of the loop kernel the "reference" backend (and firmware's C twins) run
   1x1 weight gradient        dw (K, Ci') = dy[:, keep_out].T @ (x - x_zp)           float32 rounding
   int8 forward, depthwise    kernels/depthwise_host.py (row-wise vectorised taps,   identical (exact int32 sums)
                              float64 requantization) + 1-bit mask
+  int8 residual add          kernels/add_host.py (per-input tables, parallel rows)   identical (same integers)
+                             + 1-bit mask (bound in train.py)
 
 The int8 forward is exact only while sum_ci |w[co, ci]| * max|x - x_zp| <= 2^24; a frozen layer is checked on its
 weights, a trainable one on the worst case (every weight at 127: its weights change every step), and a layer that
 fails keeps the loop kernel. The fp32 sums differ from the loop kernels' in float32 rounding only (sgemm blocks
 and fuses the same products in another order), so results differ from the reference backend at that level: the
 adaptation is deterministic for one machine and thread count, but firmware reproduces the "reference" backend, not
-this one. fp32 depthwise convs, adds, pooling, the head, masks and updates are the same kernels in both backends.
+this one. fp32 depthwise convs and adds, pooling, the head, masks and updates are the same kernels in both backends.
 
 Memory: the arena (plan, offsets, peak) is the same for both backends. The GEMMs' float32 operands live in host
 buffers outside it (`HostGemm.host_bytes`): one left-operand buffer and one result/gather buffer shared by every

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from microtrain import errors
 from microtrain.graph import load_graph
 from microtrain.inference import Inference, _gemm_conv_s8, _gemm_s8
+from microtrain.kernels.add_host import add_s8_host
 from microtrain.kernels.depthwise_host import depthwise_conv_s8_host
 from microtrain.kernels.gemm_io import (F32_EXACT_INT, exact_in_f32, im2col_f32, requant_f64_params, requantize_acc_f32_s8,
                                         widen_s8_f32)
@@ -142,7 +143,9 @@ def test_blas_backend_equals_reference_backend(name):
     assert sum(fn in (_gemm_s8, _gemm_conv_s8) for fn, _ in blas._steps) == n_gemm
     n_dw = sum(op.kind == "depthwise" for op in m.graph.ops)
     assert sum(fn is depthwise_conv_s8_host for fn, _ in blas._steps) == n_dw
-    assert not any(fn is depthwise_conv_s8_host for fn, _ in ref._steps)
+    n_add = sum(op.kind == "add" for op in m.graph.ops)
+    assert sum(fn is add_s8_host for fn, _ in blas._steps) == n_add
+    assert not any(fn in (depthwise_conv_s8_host, add_s8_host) for fn, _ in ref._steps)
     assert ref.host_bytes == 0 and blas.host_bytes > 0
     assert blas.plan.peak == ref.plan.peak and len(blas.arena.buffer) == blas.plan.peak
     np.testing.assert_array_equal(blas.run(x), ref.run(x))

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 import naive
 from microtrain import errors
 from microtrain.export_c import export_training_step
+from microtrain.kernels.add_host import add_s8_host
 from microtrain.kernels.depthwise_host import depthwise_conv_s8_host
 from microtrain.kernels.gemm_f32 import bias_add_clamp_f32
 from microtrain.kernels.gemm_io import im2col_f32, requant_f64_params, requantize_acc_f32_s8_mask
@@ -197,6 +198,9 @@ def test_int8_forward_leaves_the_same_arena_as_the_reference(cfg):
     assert any(fn.__module__ == "microtrain.train_gemm" for fn, _ in blas._forward)
     n_dw = sum(op.kind == "depthwise" for op in ref.model.graph.ops)
     assert n_dw and sum(fn is depthwise_conv_s8_host for fn, _ in blas._forward) == n_dw
+    n_add = sum(op.kind == "add" for op in ref.model.graph.ops)
+    assert n_add and sum(fn is add_s8_host for fn, _ in blas._forward) == n_add
+    assert not any(fn in (depthwise_conv_s8_host, add_s8_host) for fn, _ in ref._forward)
     np.testing.assert_array_equal(blas.forward_logits(x), ref.forward_logits(x))
     head = [n for n in ref.specs if n.startswith(("act:", "mask:"))]
     assert any(n.startswith("mask:") for n in head) == (cfg != "last")  # "last": no backward through a clamp
