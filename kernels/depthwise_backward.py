@@ -6,6 +6,7 @@ symmetric padding, taps outside the image skipped). Input and output channel coi
 C twins: mt_depthwise_conv_f32_backward_input, mt_depthwise_conv_f32_backward_weight.
 """
 
+import numpy as np
 from numba import njit, prange
 
 from microtrain.config import NJIT_PARALLEL
@@ -130,14 +131,21 @@ def depthwise_conv_f32_backward_weight(dw, x_kept, x_zp, dy, keep, stride, pad):
                         base = tap * K - e0
                         ox0 = max(0, (pad - kx + stride - 1) // stride)  # ix = ox*stride - pad + kx in [0, W)
                         ox1 = min(OW, (W - 1 + pad - kx) // stride + 1)
+                        # slices indexed from 0 (C: pointers acc + base + k0, ...): Numba puts a wraparound branch
+                        # on an index that might be negative (base + k), which kept LLVM from vectorising this loop
+                        a_s = acc[base + k0:base + k1]
+                        kp = keep[k0:k1]
                         for ox in range(ox0, ox1):
                             ix = ox * stride - pad + kx
+                            x_s = x_kept[n, iy, ix, k0:k1]
                             if contiguous:
-                                for k in range(k0, k1):
-                                    acc[base + k] += (x_kept[n, iy, ix, k] - xz) * dy[n, oy, ox, c_first + k]
+                                g_s = dy[n, oy, ox, c_first + k0:c_first + k1]
+                                for j in range(k1 - k0):
+                                    a_s[j] += (x_s[j] - xz) * g_s[j]
                             else:
-                                for k in range(k0, k1):
-                                    acc[base + k] += (x_kept[n, iy, ix, k] - xz) * dy[n, oy, ox, keep[k]]
+                                g_r = dy[n, oy, ox]
+                                for j in range(k1 - k0):
+                                    a_s[j] += (x_s[j] - xz) * g_r[np.uint32(kp[j])]  # keep checked >= 0 above
             for e in range(e0, e1):
                 tap = e // K
                 ky = tap // KW

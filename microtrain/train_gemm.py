@@ -11,6 +11,7 @@ in place of the loop kernel the "reference" backend (and firmware's C twins) run
   fp32 forward, conv2d/1x1   (im2col) -> sgemm -> + bias, clamp                     float32 rounding
   1x1 input gradient         dx (P, Ci) = dy (P, Co) @ w (Co, Ci)                   float32 rounding
   1x1 weight gradient        dw (K, Ci') = dy[:, keep_out].T @ (x - x_zp)           float32 rounding
+  KxK weight gradient        dw (K, KH*KW*Ci') = dy[:, keep_out].T @ im2col(x - x_zp) float32 rounding
   int8 forward, depthwise    kernels/depthwise_host.py (row-wise vectorised taps,   identical (exact int32 sums)
                              float64 requantization) + 1-bit mask
   int8 residual add          kernels/add_host.py (per-input tables, parallel rows)   identical (same integers)
@@ -144,20 +145,26 @@ class HostGemm:
         return gemm_pointwise_backward_input, (dx.reshape(P, op.cin), read_only(g.reshape(P, op.cout)), w_src, wf)
 
     def backward_weight(self, op, dw, xs, x_zp, g, keep_out):
-        """1x1 weight gradient dw (K, Ci') = dy[:, keep_out].T @ (xs - x_zp), or None.
+        """1x1 weight gradient dw (K, Ci') = dy[:, keep_out].T @ (xs - x_zp), or KxK dw (K, KH*KW*Ci') =
+        dy[:, keep_out].T @ im2col(xs - x_zp); None for other kinds.
 
         xs: the saved input (N, H, W, Ci'), float32 (x_zp 0) or int8 (widened here); keep_out (K,) int32."""
-        if op.kind != "pointwise":
+        if op.kind not in GEMM_KINDS:
             return None
-        P, ci, K = _pixels(xs.shape), xs.shape[3], dw.shape[0]
-        xs2 = read_only(xs.reshape(P, ci))
-        xf = self._a[:P * ci].reshape(P, ci) if xs.dtype == np.int8 else None
+        P, ci, K = _pixels(g.shape), xs.shape[3], dw.shape[0]
         if K == op.cout and np.array_equal(keep_out, np.arange(op.cout)):
             gk4 = None  # every output channel: dy itself is the operand
             g2 = read_only(g.reshape(P, op.cout))
         else:
             gk4 = self._b[:P * K].reshape(g.shape[:3] + (K,))
             g2 = gk4.reshape(P, K)
+        if op.kind == "conv2d":
+            kk = op.kernel * op.kernel * ci
+            zp = int(x_zp) if xs.dtype == np.int8 else 0.0  # the forward's im2col specialisations
+            return gemm_conv2d_backward_weight, (dw.reshape(K, kk), read_only(xs), self._a[:P * kk].reshape(P, kk),
+                                                 zp, g2, gk4, read_only(g), keep_out, op.kernel, op.stride, op.pad)
+        xs2 = read_only(xs.reshape(P, ci))
+        xf = self._a[:P * ci].reshape(P, ci) if xs.dtype == np.int8 else None
         return gemm_pointwise_backward_weight, (dw, xs2, xf, int(x_zp), g2, gk4, read_only(g), keep_out)
 
 
@@ -200,6 +207,15 @@ def gemm_pointwise_backward_input(dx2, g2, w_src, wf):
     if w_src is not None:
         widen_s8_f32(wf, w_src, 0)
     np.matmul(g2, wf, out=dx2)
+
+
+def gemm_conv2d_backward_weight(dw2, xs, cols, x_zp, g2, gk4, g4, keep_out, k, stride, pad):
+    """dw (K, KH*KW*Ci') = dy[:, keep_out].T @ im2col(xs - x_zp) (P, KH*KW*Ci'): the OHWI weight gradient
+    flattened; kept dy channels gathered into gk4 first (None: every channel, g2 is dy itself)."""
+    im2col_f32(cols, xs, x_zp, k, k, stride, pad)
+    if gk4 is not None:
+        gather_channels(gk4, g4, keep_out)
+    np.matmul(g2.T, cols, out=dw2)
 
 
 def gemm_pointwise_backward_weight(dw, xs2, xf, x_zp, g2, gk4, g4, keep_out):

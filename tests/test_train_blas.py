@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import naive
+import naive_grad
 from microtrain import errors
 from microtrain.export_c import export_training_step
 from microtrain.kernels.add_host import add_s8_host
@@ -17,8 +18,9 @@ from microtrain.kernels.gemm_io import im2col_f32, requant_f64_params, requantiz
 from microtrain.kernels.mask import NO_MASK
 from microtrain.sparse import LayerUpdate, SparseConfig, full_train, load_config
 from microtrain.train import TrainStep
-from microtrain.train_gemm import (HostGemm, gemm_conv2d_f32, gemm_conv2d_s8, gemm_pointwise_backward_input,
-                                   gemm_pointwise_backward_weight, gemm_pointwise_f32, gemm_pointwise_s8)
+from microtrain.train_gemm import (HostGemm, gemm_conv2d_backward_weight, gemm_conv2d_f32, gemm_conv2d_s8,
+                                   gemm_pointwise_backward_input, gemm_pointwise_backward_weight, gemm_pointwise_f32,
+                                   gemm_pointwise_s8)
 from microtrain.train_plan import TrainOptions
 from settings import kernel_settings
 from test_inference_blas import conv_geometry
@@ -170,6 +172,38 @@ def test_pointwise_gradient_entries_match_naive(geom, seed, int8, partial):
     g2 = gk4.reshape(P, len(keep)) if partial else g.reshape(P, co)
     gemm_pointwise_backward_weight(dw, xs.reshape(P, ci), xf, x_zp, g2, gk4, g, keep)
     _close(dw, g64[:, keep].T @ x64)
+
+
+@kernel_settings(30)
+@given(conv_geometry, st.integers(0, 2 ** 32 - 1), st.booleans(), st.booleans())
+def test_conv2d_weight_gradient_entry_matches_naive(geom, seed, int8, partial):
+    """dw[k, ky, kx, ci] = sum over output pixels of dy[..., keep[k]] * (x - x_zp) at the tap, against float64
+    windows of the zero-padded input (tests/naive_grad.py; int8 mode: int8 saved input, zero point)."""
+    n, h, w, ci, co, k, stride, pad = (geom[key] for key in ("n", "h", "w", "ci", "co", "k", "stride", "pad"))
+    if h + 2 * pad < k or w + 2 * pad < k:
+        return
+    rng = np.random.default_rng(seed)
+    oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    P = n * oh * ow
+    g = rng.normal(0, 1, (n, oh, ow, co)).astype(np.float32)
+    if int8:
+        xs = rng.integers(-128, 128, (n, h, w, ci)).astype(np.int8)
+        x_zp = int(rng.integers(-128, 128))
+    else:
+        xs = rng.normal(0, 1, (n, h, w, ci)).astype(np.float32)
+        x_zp = 0.0
+    keep = np.sort(rng.choice(co, size=max(1, co // 2), replace=False)).astype(np.int32) if partial else \
+        np.arange(co, dtype=np.int32)
+    want = np.zeros((len(keep), k, k, ci))
+    x64 = xs.astype(np.float64) - x_zp  # padding taps are 0 (TFLM pads with x_zp: x_zp - x_zp)
+    for ky, kx, patch in naive_grad._windows(x64, k, k, stride, pad):
+        want[:, ky, kx, :] = np.einsum("nhwc,nhwk->kc", patch, g.astype(np.float64)[..., keep])
+    dw = _garbage((len(keep), k * k * ci), np.float32)
+    gk4 = _garbage((n, oh, ow, len(keep)), np.float32) if partial else None
+    g2 = gk4.reshape(P, len(keep)) if partial else g.reshape(P, co)
+    gemm_conv2d_backward_weight(dw, xs, _garbage((P, k * k * ci), np.float32), x_zp, g2, gk4, g, keep, k, stride,
+                                pad)
+    _close(dw.reshape(want.shape), want)
 
 
 # ---- whole steps ---------------------------------------------------------------------------------------------
