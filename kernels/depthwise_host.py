@@ -23,13 +23,29 @@ note), whatever the order, so y and the mask are the reference's.
 import numpy as np
 from numba import njit, prange
 
-from microtrain.config import NJIT_PARALLEL
+from microtrain.config import NJIT, NJIT_PARALLEL
 
 from .depthwise import depthwise_s8_shapes_ok
 from .gemm_io import _requant_f64, _requant_int
 from .mask import mask_check, mask_pack_row
 from .requant import clamp
-from .scratch import PARALLEL_CHUNKS, SCRATCH_ACC, SCRATCH_W8, chunk_bounds, scratch_acc_i32, scratch_w_i8
+from .scratch import (PARALLEL_CHUNKS, SCRATCH_ACC, SCRATCH_W8, SCRATCH_WF, chunk_bounds, scratch_acc_i32,
+                      scratch_w_f32, scratch_w_i8)
+
+
+@njit(**NJIT)
+def tile_taps(wt, w, s):
+    """Lay a depthwise weight out along s pixels, tap by tap: wt[(ky * KW + kx) * s * C + p * C + c] = w[ky, kx, c]
+    for p < s (cast to wt's dtype, exact for int8 into float32). wt: a stack row of >= KH * KW * s * C elements."""
+    KH, KW, C = w.shape
+    sc = s * C
+    for k in range(KH * KW):
+        ky = k // KW
+        wk = w[ky, k - ky * KW]
+        for p in range(s):
+            wo = wt[k * sc + p * C:k * sc + p * C + C]
+            for c in range(C):
+                wo[c] = wk[c]
 
 
 def depthwise_host_fits(out_w, channels):
@@ -76,13 +92,7 @@ def depthwise_conv_s8_host(y, mask, x, w, bias, rq, mult, shift, x_zp, y_zp, act
         acc = scratch_acc_i32()  # (SCRATCH_ACC,) the row's int32 sums, element ox * C + c
         wt = scratch_w_i8()  # (SCRATCH_W8,) row-wise weights [0, f0), then the row's in-range flags [f0, f0 + L)
         if tiled:
-            for k in range(KH * KW):
-                ky = k // KW
-                wk = w[ky, k - ky * KW]
-                for ox in range(OW):
-                    wo = wt[k * L + ox * C:k * L + ox * C + C]
-                    for c in range(C):
-                        wo[c] = wk[c]
+            tile_taps(wt, w, OW)
         flag = wt[f0:f0 + L]
         r0, r1 = chunk_bounds(rows, chunks, t)
         for r in range(r0, r1):
@@ -141,3 +151,146 @@ def depthwise_conv_s8_host(y, mask, x, w, bias, rq, mult, shift, x_zp, y_zp, act
                             yr[ox, c] = np.int8(clamp(v, act_min, act_max))
             if write_mask:
                 mask_pack_row(mask, r, flag, L)
+
+
+# ---- fp32, stride 1: the training step's float depthwise forward and input gradient ----------------------------
+
+def depthwise_f32_host_fits(kernel, channels, stride):
+    """True if the fp32 host kernels can run a layer: stride 1 and one pixel's row-wise weights of every tap
+    (KH * KW * C floats) fit the per-thread stack tile (SCRATCH_WF)."""
+    return int(stride) == 1 and int(kernel) ** 2 * int(channels) <= SCRATCH_WF
+
+
+@njit(**NJIT)
+def _segment(kernel_taps, channels, width):
+    """Output pixels per row segment: as many as the tap-wise weight tile (kernel_taps * S * C floats) holds."""
+    return max(1, min(width, SCRATCH_WF // (kernel_taps * channels)))
+
+
+@njit(**NJIT_PARALLEL)
+def depthwise_conv_f32_host(y, x, w, bias, act_min, act_max, pad):
+    """depthwise_conv_f32 with stride 1 for the host: identical y, bit for bit.
+
+    Layout:    y (N, OH, OW, C) f32 out, C-contiguous; x (N, H, W, C) f32, C-contiguous; w (KH, KW, C) f32;
+               bias (C,) f32; stride 1 (depthwise_f32_host_fits), `pad` on all four sides.
+    Order:     every y element is 0, then + x * w over its in-image taps in (ky, kx) order, then + bias, then the
+               clamp: depthwise_conv_f32's order exactly (no fastmath), so the float32 results are identical. The
+               taps are the outer loops over a row segment of S output pixels: a tap's products form one contiguous
+               run of S * C elements in y's row, x's row and the tap's weights laid out along the segment
+               (wt[(ky * KW + kx) * S * C + s * C + c] = w[ky, kx, c], built once per thread chunk).
+    Ownership: writes every element of y; allocates nothing (a per-thread stack weight tile). y must not alias x.
+    Parallel:  prange over one contiguous chunk of (batch x output rows) per thread; disjoint writes.
+    """
+    N, OH, OW, C = y.shape
+    H = x.shape[1]
+    W = x.shape[2]
+    KH = w.shape[0]
+    KW = w.shape[1]
+    if (x.shape[0] != N or x.shape[3] != C or w.shape[2] != C or bias.shape[0] != C
+            or OH != H + 2 * pad - KH + 1 or OW != W + 2 * pad - KW + 1):
+        raise ValueError("depthwise_conv_f32_host: inconsistent shapes (stride 1)")
+    if KH * KW * C > SCRATCH_WF:
+        raise ValueError("depthwise_conv_f32_host: KH * KW * C exceeds SCRATCH_WF; use depthwise_conv_f32")
+    lo = np.float32(act_min)
+    hi = np.float32(act_max)
+    S = _segment(KH * KW, C, OW)
+    SC = S * C
+    xf = x.reshape(N * H * W * C)
+    rows = N * OH
+    chunks = min(PARALLEL_CHUNKS, rows)
+    for t in prange(chunks):
+        wt = scratch_w_f32()
+        tile_taps(wt, w, S)
+        r0, r1 = chunk_bounds(rows, chunks, t)
+        for r in range(r0, r1):
+            n = r // OH
+            oy = r - n * OH
+            iy0 = oy - pad
+            ky0 = max(0, -iy0)
+            ky1 = min(KH, H - iy0)
+            yr = y[n, oy].reshape(OW * C)
+            for j in range(OW * C):
+                yr[j] = 0
+            for s0 in range(0, OW, S):
+                s1 = min(OW, s0 + S)
+                for ky in range(ky0, ky1):
+                    xrow = ((n * H) + iy0 + ky) * W * C
+                    for kx in range(KW):
+                        ox0 = max(s0, pad - kx)  # outputs of this segment whose column ox + kx - pad is in [0, W)
+                        ox1 = min(s1, W + pad - kx)
+                        if ox1 <= ox0:
+                            continue
+                        wb = (ky * KW + kx) * SC + (ox0 - s0) * C
+                        y_s = yr[ox0 * C:ox1 * C]
+                        w_s = wt[wb:wb + (ox1 - ox0) * C]
+                        x_s = xf[xrow + (ox0 + kx - pad) * C:xrow + (ox1 + kx - pad) * C]
+                        for j in range(y_s.shape[0]):  # contiguous (ox, c) run: vectorised, same per-element order
+                            y_s[j] += x_s[j] * w_s[j]
+            for ox in range(OW):
+                y_s = yr[ox * C:ox * C + C]
+                for c in range(C):
+                    v = y_s[c] + bias[c]
+                    if v < lo:
+                        v = lo
+                    if v > hi:
+                        v = hi
+                    y_s[c] = v
+
+
+@njit(**NJIT_PARALLEL)
+def depthwise_conv_f32_backward_input_host(dx, dy, w, pad):
+    """depthwise_conv_f32_backward_input with stride 1 for the host: identical dx, bit for bit.
+
+    Layout:    dx (N, H, W, C) f32 out, C-contiguous; dy (N, OH, OW, C) f32, C-contiguous; w (KH, KW, C) int8 or
+               f32 (int8 * float32 is float32, as in the reference); OH = H + 2 pad - KH + 1 (stride 1).
+    Order:     every dx element is 0, then + w * dy over the taps (ky, kx) that read it from an in-range output, in
+               (ky, kx) order: the reference's order exactly. Taps are the outer loops over a row segment of S input
+               pixels; input ix reads output ox = ix + pad - kx, so a tap's products are contiguous runs in dx's
+               row, dy's row and the segment-wise weight tile (as depthwise_conv_f32_host).
+    Ownership: writes every element of dx; allocates nothing. No aliasing.
+    Parallel:  prange over one contiguous chunk of (batch x input rows) per thread; disjoint writes.
+    """
+    N, H, W, C = dx.shape
+    OH = dy.shape[1]
+    OW = dy.shape[2]
+    KH = w.shape[0]
+    KW = w.shape[1]
+    if (dy.shape[0] != N or dy.shape[3] != C or w.shape[2] != C
+            or OH != H + 2 * pad - KH + 1 or OW != W + 2 * pad - KW + 1):
+        raise ValueError("depthwise_conv_f32_backward_input_host: inconsistent shapes (stride 1)")
+    if KH * KW * C > SCRATCH_WF:
+        raise ValueError("depthwise_conv_f32_backward_input_host: KH * KW * C exceeds SCRATCH_WF; use "
+                         "depthwise_conv_f32_backward_input")
+    S = _segment(KH * KW, C, W)
+    SC = S * C
+    gf = dy.reshape(N * OH * OW * C)
+    rows = N * H
+    chunks = min(PARALLEL_CHUNKS, rows)
+    for t in prange(chunks):
+        wt = scratch_w_f32()
+        tile_taps(wt, w, S)  # int8 weights: exact in float32
+        r0, r1 = chunk_bounds(rows, chunks, t)
+        for r in range(r0, r1):
+            n = r // H
+            iy = r - n * H
+            xr = dx[n, iy].reshape(W * C)
+            for j in range(W * C):
+                xr[j] = 0
+            for s0 in range(0, W, S):
+                s1 = min(W, s0 + S)
+                for ky in range(KH):
+                    oy = iy + pad - ky
+                    if oy < 0 or oy >= OH:
+                        continue
+                    grow = ((n * OH) + oy) * OW * C
+                    for kx in range(KW):
+                        ix0 = max(s0, kx - pad)  # inputs of this segment whose output ix + pad - kx is in [0, OW)
+                        ix1 = min(s1, OW + kx - pad)
+                        if ix1 <= ix0:
+                            continue
+                        wb = (ky * KW + kx) * SC + (ix0 - s0) * C
+                        x_s = xr[ix0 * C:ix1 * C]
+                        w_s = wt[wb:wb + (ix1 - ix0) * C]
+                        g_s = gf[grow + (ix0 + pad - kx) * C:grow + (ix1 + pad - kx) * C]
+                        for j in range(x_s.shape[0]):
+                            x_s[j] += w_s[j] * g_s[j]

@@ -16,13 +16,16 @@ in place of the loop kernel the "reference" backend (and firmware's C twins) run
                              float64 requantization) + 1-bit mask
   int8 residual add          kernels/add_host.py (per-input tables, parallel rows)   identical (same integers)
                              + 1-bit mask (bound in train.py)
+  fp32 depthwise, stride 1:  depthwise_host.py: taps outer over row segments, same   identical (same per-element
+  forward and input gradient per-element order                                      order, no fastmath)
 
 The int8 forward is exact only while sum_ci |w[co, ci]| * max|x - x_zp| <= 2^24; a frozen layer is checked on its
 weights, a trainable one on the worst case (every weight at 127: its weights change every step), and a layer that
 fails keeps the loop kernel. The fp32 sums differ from the loop kernels' in float32 rounding only (sgemm blocks
 and fuses the same products in another order), so results differ from the reference backend at that level: the
 adaptation is deterministic for one machine and thread count, but firmware reproduces the "reference" backend, not
-this one. fp32 depthwise convs and adds, pooling, the head, masks and updates are the same kernels in both backends.
+this one. Other depthwise cases (stride 2, too wide for the stack tiles, the depthwise weight gradient), fp32 adds,
+pooling, the head, masks and updates are the same kernels in both backends.
 
 Memory: the arena (plan, offsets, peak) is the same for both backends. The GEMMs' float32 operands live in host
 buffers outside it (`HostGemm.host_bytes`): one left-operand buffer and one result/gather buffer shared by every
@@ -34,7 +37,8 @@ int8 weight a GEMM reads, and each int8 GEMM or depthwise layer's (3, Co) float6
 import numpy as np
 
 from microtrain.arena import read_only
-from microtrain.kernels.depthwise_host import depthwise_conv_s8_host, depthwise_host_fits
+from microtrain.kernels.depthwise_host import (depthwise_conv_f32_backward_input_host, depthwise_conv_f32_host,
+                                              depthwise_conv_s8_host, depthwise_f32_host_fits, depthwise_host_fits)
 from microtrain.kernels.gather import gather_channels
 from microtrain.kernels.gemm_f32 import bias_add_clamp_f32
 from microtrain.kernels.gemm_io import (F32_EXACT_INT, exact_in_f32, im2col_f32, requant_f64_params,
@@ -119,7 +123,12 @@ class HostGemm:
         return gemm_pointwise_s8, (y, mask, read_only(x.reshape(P, k)), xf) + tail
 
     def forward_f32(self, op, y, x, w, bias, lo, hi):
-        """fp32 conv2d / 1x1 forward: sgemm, then + bias and clamp (float32 rounding differs from the loops)."""
+        """fp32 conv2d / 1x1 forward: sgemm, then + bias and clamp (float32 rounding differs from the loops); fp32
+        stride-1 depthwise: depthwise_conv_f32_host (bit-identical to depthwise_conv_f32); else None."""
+        if op.kind == "depthwise":
+            if not depthwise_f32_host_fits(op.kernel, op.cout, op.stride):
+                return None
+            return depthwise_conv_f32_host, (y, read_only(x), w, bias, lo, hi, op.pad)
         if op.kind not in GEMM_KINDS:
             return None
         P = _pixels(y.shape)
@@ -134,7 +143,12 @@ class HostGemm:
 
     # ---- backward --------------------------------------------------------------------------------------
     def backward_input(self, op, dx, g, w, int8, trainable):
-        """1x1 input gradient dx = dy @ w (w int8 in int8 mode: dy already carries s_w), or None."""
+        """1x1 input gradient dx = dy @ w (w int8 in int8 mode: dy already carries s_w); stride-1 depthwise input
+        gradient: depthwise_conv_f32_backward_input_host (bit-identical to the loop kernel); else None."""
+        if op.kind == "depthwise":
+            if not depthwise_f32_host_fits(op.kernel, op.cout, op.stride):
+                return None
+            return depthwise_conv_f32_backward_input_host, (dx, read_only(g), w, op.pad)
         if op.kind != "pointwise":
             return None
         P = _pixels(dx.shape)

@@ -1,7 +1,10 @@
-"""depthwise_conv_s8_host (the "blas" backends' depthwise kernel) against tests/naive.py's integer depthwise conv:
-y and the 1-bit mask bit for bit, on both of its paths (stride 1 with row-wise weights; any stride per pixel),
-int32-wrapping biases (the float64 requantization's integer fall-back), positive shifts and saturation; and
-against the reference kernel depthwise_conv_s8 on real layer shapes."""
+"""kernels/depthwise_host.py (the "blas" backends' depthwise kernels).
+
+depthwise_conv_s8_host against tests/naive.py's integer depthwise conv: y and the 1-bit mask bit for bit, on both
+of its paths (stride 1 with row-wise weights; any stride per pixel), int32-wrapping biases (the float64
+requantization's integer fall-back), positive shifts and saturation; and against the reference kernel
+depthwise_conv_s8 on real layer shapes. The fp32 stride-1 forward and input gradient: bit for bit equal to the
+reference kernels (same per-element order), and within float32 rounding of float64 oracles."""
 
 import numpy as np
 import pytest
@@ -10,11 +13,13 @@ from hypothesis import strategies as st
 
 import naive
 from microtrain.graph import load_graph
-from microtrain.kernels.depthwise import depthwise_conv_s8
-from microtrain.kernels.depthwise_host import depthwise_conv_s8_host, depthwise_host_fits
+from microtrain.kernels.depthwise import depthwise_conv_f32, depthwise_conv_s8
+from microtrain.kernels.depthwise_backward import depthwise_conv_f32_backward_input
+from microtrain.kernels.depthwise_host import (depthwise_conv_f32_backward_input_host, depthwise_conv_f32_host,
+                                              depthwise_conv_s8_host, depthwise_f32_host_fits, depthwise_host_fits)
 from microtrain.kernels.gemm_io import requant_f64_params
 from microtrain.kernels.mask import NO_MASK, mask_shape
-from microtrain.kernels.scratch import SCRATCH_ACC, SCRATCH_W8
+from microtrain.kernels.scratch import SCRATCH_ACC, SCRATCH_W8, SCRATCH_WF
 from microtrain.reference_models import NAMES
 from settings import JIT_DISABLED, kernel_settings
 
@@ -140,3 +145,76 @@ def test_depthwise_host_rejects_bad_shapes():
     with pytest.raises(ValueError, match="SCRATCH_ACC"):
         depthwise_conv_s8_host(np.zeros((1, 1, wide, 4), np.int8), NO_MASK, xw, np.zeros((1, 1, 4), np.int8), c,
                                rq, c, c, 0, 0, -128, 127, 1, 0)
+
+
+# ---- fp32, stride 1: forward and input gradient, bit-identical to the reference kernels ------------------------
+
+@st.composite
+def f32_geometry(draw):
+    """Stride-1 geometry; wide channel counts make the row segments shorter than a row (S < OW)."""
+    k = draw(st.sampled_from([1, 3, 5, 7]))
+    pad = draw(st.integers(0, k // 2))
+    lo = max(1, k - 2 * pad)
+    c = draw(st.one_of(st.integers(1, 20), st.integers(100, SCRATCH_WF // (k * k))))
+    return dict(n=draw(st.integers(1, 2)), h=draw(st.integers(lo, 9)), w=draw(st.integers(lo, 11)), c=c, k=k,
+                pad=pad)
+
+
+def _f32_layer(seed, n, h, w, c, k, pad):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 2, (n, h, w, c)).astype(np.float32)
+    wt = rng.normal(0, 0.5, (k, k, c)).astype(np.float32)
+    b = rng.normal(0, 0.5, c).astype(np.float32)
+    oh, ow = h + 2 * pad - k + 1, w + 2 * pad - k + 1
+    dy = rng.normal(0, 1, (n, oh, ow, c)).astype(np.float32)
+    return x, wt, b, dy
+
+
+@kernel_settings(30)
+@given(f32_geometry(), st.integers(0, 2 ** 32 - 1), st.sampled_from([(-np.inf, np.inf), (0.0, 6.0)]),
+       st.booleans())
+def test_f32_host_kernels_equal_the_reference_bit_for_bit(geom, seed, act, int8_weight):
+    x, wt, b, dy = _f32_layer(seed, **geom)
+    k, pad = geom["k"], geom["pad"]
+    assert depthwise_f32_host_fits(k, geom["c"], 1)
+    y_ref, y_host = np.empty(dy.shape, np.float32), np.full(dy.shape, np.nan, np.float32)
+    depthwise_conv_f32(y_ref, x, wt, b, act[0], act[1], 1, pad)
+    depthwise_conv_f32_host(y_host, x, wt, b, act[0], act[1], pad)
+    assert y_host.tobytes() == y_ref.tobytes()
+    # the independent oracle: float64 naive within float32 rounding
+    np.testing.assert_allclose(y_host, naive.depthwise_conv_f32(x, wt, b, act[0], act[1], 1, pad), rtol=1e-5,
+                               atol=1e-5)
+    # input gradient, with fp32 weights or the frozen int8 weights of int8 mode
+    wg = np.random.default_rng(seed).integers(-127, 128, wt.shape).astype(np.int8) if int8_weight else wt
+    dx_ref, dx_host = np.empty(x.shape, np.float32), np.full(x.shape, np.nan, np.float32)
+    depthwise_conv_f32_backward_input(dx_ref, dy, wg, 1, pad)
+    depthwise_conv_f32_backward_input_host(dx_host, dy, wg, pad)
+    assert dx_host.tobytes() == dx_ref.tobytes()
+    # oracle: dx = the transposed conv of dy, in float64 (each dx element sums w * dy over the taps that read it)
+    want = np.zeros(x.shape)
+    h, w = x.shape[1], x.shape[2]
+    for ky in range(k):
+        for kx in range(k):
+            for oy in range(dy.shape[1]):
+                iy = oy - pad + ky
+                if 0 <= iy < h:
+                    for ox in range(dy.shape[2]):
+                        ix = ox - pad + kx
+                        if 0 <= ix < w:
+                            want[:, iy, ix, :] += wg[ky, kx].astype(np.float64) * dy[:, oy, ox, :]
+    np.testing.assert_allclose(dx_host, want, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(want).max())))
+
+
+def test_f32_host_kernels_refuse_what_they_cannot_run():
+    x, wt, b, dy = _f32_layer(1, 1, 5, 5, 4, 3, 1)
+    with pytest.raises(ValueError, match="stride 1"):
+        depthwise_conv_f32_host(np.empty((1, 3, 3, 4), np.float32), x, wt, b, 0.0, 6.0, 1)  # a stride-2 output
+    with pytest.raises(ValueError, match="stride 1"):
+        depthwise_conv_f32_backward_input_host(x, np.empty((1, 3, 3, 4), np.float32), wt, 1)
+    c = SCRATCH_WF // 9 + 1  # 3 x 3 x C floats beyond the tile
+    assert not depthwise_f32_host_fits(3, c, 1) and not depthwise_f32_host_fits(3, 4, 2)
+    xw, ww, bw, dyw = _f32_layer(1, 1, 3, 3, c, 3, 1)
+    with pytest.raises(ValueError, match="SCRATCH_WF"):
+        depthwise_conv_f32_host(np.empty(dyw.shape, np.float32), xw, ww, bw, 0.0, 6.0, 1)
+    with pytest.raises(ValueError, match="SCRATCH_WF"):
+        depthwise_conv_f32_backward_input_host(np.empty(xw.shape, np.float32), dyw, ww, 1)

@@ -18,6 +18,7 @@ from microtrain.kernels.bias_backward import bias_f32_backward, bias_f32_backwar
 from microtrain.kernels.conv2d_backward import conv2d_f32_backward_input, conv2d_f32_backward_weight
 from microtrain.kernels.depthwise_backward import (depthwise_conv_f32_backward_input,
                                                    depthwise_conv_f32_backward_weight)
+from microtrain.kernels.depthwise_host import depthwise_conv_f32_backward_input_host
 from microtrain.kernels.elementwise_backward import (accumulate_f32, mask_pack_f32, mask_unpack_backward_f32,
                                                      scale_channels_f32, scale_f32)
 from microtrain.kernels.fully_connected_backward import (fully_connected_f32_backward_input,
@@ -905,6 +906,10 @@ def kernel_calls():
         ("depthwise_weight_s8x", depthwise_conv_f32_backward_weight,
          (np.empty((3, 3, 2), np.float32), s8(2, 7, 7, 2), np.float32(5), dyd, k4, 2, 1)),
         ("depthwise_input_s8w", depthwise_conv_f32_backward_input, (np.empty_like(xd), dyd, s8(3, 3, 4), 2, 1)),
+        # the blas step's stride-1 host kernel (kernels/depthwise_host.py): dx (2, 4, 4, 4) from dy (2, 4, 4, 4)
+        ("depthwise_input_host", depthwise_conv_f32_backward_input_host, (np.empty_like(dyd), dyd, wd, 1)),
+        ("depthwise_input_host_s8w", depthwise_conv_f32_backward_input_host,
+         (np.empty_like(dyd), dyd, s8(3, 3, 4), 1)),
         ("pointwise_input", pointwise_conv_f32_backward_input, (np.empty_like(xp), dyp, wp)),
         ("pointwise_weight", pointwise_conv_f32_backward_weight, (np.empty((5, 3), np.float32), xp, F0, dyp, k5)),
         ("pointwise_weight_s8x", pointwise_conv_f32_backward_weight,

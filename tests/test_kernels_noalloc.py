@@ -21,7 +21,7 @@ from microtrain.kernels.add import add_f32, add_s8
 from microtrain.kernels.add_host import add_s8_host
 from microtrain.kernels.conv2d import conv2d_f32, conv2d_s8
 from microtrain.kernels.depthwise import depthwise_conv_f32, depthwise_conv_s8
-from microtrain.kernels.depthwise_host import depthwise_conv_s8_host
+from microtrain.kernels.depthwise_host import depthwise_conv_f32_host, depthwise_conv_s8_host
 from microtrain.kernels.fully_connected import fully_connected_f32, fully_connected_s8
 from microtrain.kernels.gemm_io import (im2col_f32, requant_f64_params, requantize_acc_f32_s8,
                                         requantize_acc_f32_s8_mask, widen_s8_f32)
@@ -103,6 +103,8 @@ def kernel_calls():
                                                                  s8(1, 7, 7, c), s8(5, 5, c), bias,
                                                                  requant_f64_params(mult, shift), mult, shift, *q, 2,
                                                                  2)),
+        "depthwise_conv_f32_host": (depthwise_conv_f32_host, (np.zeros((1, 7, 7, c), np.float32), f32(1, 7, 7, c),
+                                                              f32(3, 3, c), f32(c), 0.0, 6.0, 1)),
         "quantize_s8": (quantize_s8, (np.zeros((1, 3, 3, c), np.int8), f32(1, 3, 3, c), 0.05, -3)),
         "dequantize_s8": (dequantize_s8, (np.zeros((1, 3, 3, c), np.float32), s8(1, 3, 3, c), 0.05, -3)),
     }

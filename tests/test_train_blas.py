@@ -12,7 +12,8 @@ import naive_grad
 from microtrain import errors
 from microtrain.export_c import export_training_step
 from microtrain.kernels.add_host import add_s8_host
-from microtrain.kernels.depthwise_host import depthwise_conv_s8_host
+from microtrain.kernels.depthwise_host import (depthwise_conv_f32_backward_input_host, depthwise_conv_f32_host,
+                                              depthwise_conv_s8_host)
 from microtrain.kernels.gemm_f32 import bias_add_clamp_f32
 from microtrain.kernels.gemm_io import im2col_f32, requant_f64_params, requantize_acc_f32_s8_mask
 from microtrain.kernels.mask import NO_MASK
@@ -249,6 +250,10 @@ def test_gradients_and_updates_match_the_reference_backend(mode, cfg):
     ref, blas = _steps(mode, (lambda m: _partial_config(m.graph)) if cfg == "partial" else
                        (lambda m: full_train(m.graph)), reorder=False)
     x, labels = batch(mode, 3, seed=23)
+    host_dw = [depthwise_conv_f32_backward_input_host] + ([depthwise_conv_f32_host] if mode == "fp32" else [])
+    for fn in host_dw:  # the tiny model's stride-1 depthwise layer runs the host kernels in blas only
+        assert any(f is fn for f, _ in blas._forward + blas._backward), fn.__name__
+        assert not any(f is fn for f, _ in ref._forward + ref._backward), fn.__name__
     assert ref.run(x, labels) == pytest.approx(blas.run(x, labels), rel=1e-6)
     grads = [n for n in ref.specs if n.startswith(("dw:", "db:"))]
     assert len(grads) > 4
