@@ -23,6 +23,7 @@ from microtrain.kernels.conv2d import conv2d_f32, conv2d_s8
 from microtrain.kernels.depthwise import depthwise_conv_f32, depthwise_conv_s8
 from microtrain.kernels.depthwise_host import depthwise_conv_f32_host, depthwise_conv_s8_host
 from microtrain.kernels.fully_connected import fully_connected_f32, fully_connected_s8
+from microtrain.kernels.gemm_f32 import bias_add_clamp_f32
 from microtrain.kernels.gemm_io import (im2col_f32, requant_f64_params, requantize_acc_f32_s8,
                                         requantize_acc_f32_s8_mask, widen_s8_f32)
 from microtrain.kernels.mask import NO_MASK, mask_shape
@@ -105,6 +106,8 @@ def kernel_calls():
                                                                  2)),
         "depthwise_conv_f32_host": (depthwise_conv_f32_host, (np.zeros((1, 7, 7, c), np.float32), f32(1, 7, 7, c),
                                                               f32(3, 3, c), f32(c), 0.0, 6.0, 1)),
+        # the blas training step's fp32 GEMM tail (kernels/gemm_f32.py): blocks of pixels, and a ragged last block
+        "bias_add_clamp_f32": (bias_add_clamp_f32, (f32(1500, c), f32(c), np.float32(0), np.float32(6))),
         "quantize_s8": (quantize_s8, (np.zeros((1, 3, 3, c), np.int8), f32(1, 3, 3, c), 0.05, -3)),
         "dequantize_s8": (dequantize_s8, (np.zeros((1, 3, 3, c), np.float32), s8(1, 3, 3, c), 0.05, -3)),
     }

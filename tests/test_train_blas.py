@@ -133,6 +133,17 @@ def test_fp32_conv2d_entry_matches_naive(geom, seed):
     _close(y.reshape(expected.shape), expected)
 
 
+@pytest.mark.parametrize("p,co", [(1, 1), (7, 3), (1000, 16), (513, 8), (3, 4097), (2, 5000)])
+def test_bias_add_clamp_equals_numpy(p, co):
+    """Blocks of SCRATCH_ACC // Co pixels with a ragged last block, and Co beyond SCRATCH_ACC (per-pixel path)."""
+    rng = np.random.default_rng(p * 7 + co)
+    y = rng.normal(0, 4, (p, co)).astype(np.float32)
+    b = rng.normal(0, 2, co).astype(np.float32)
+    want = np.minimum(np.maximum(y + b, np.float32(0)), np.float32(6))  # float32 add, then clamp
+    bias_add_clamp_f32(y, b, np.float32(0), np.float32(6))
+    assert y.tobytes() == want.tobytes()
+
+
 def test_im2col_and_bias_clamp_reject_inconsistent_shapes():
     x = np.zeros((1, 4, 4, 2), np.float32)
     with pytest.raises(ValueError, match="inconsistent shapes"):
