@@ -21,16 +21,20 @@ from microtrain.arena import Arena, read_only
 from microtrain.errors import ArenaOverflowError, ConfigError, InputError
 from microtrain.graph import CONV_KINDS, with_classes
 from microtrain.kernels.add import add_f32, add_s8
+from microtrain.kernels.add_host import add_host_fits, add_s8_host
 from microtrain.kernels.clamp_backward import clamp_f32_backward
 from microtrain.kernels.conv2d import conv2d_f32, conv2d_s8
 from microtrain.kernels.conv2d_backward import conv2d_f32_backward_input
 from microtrain.kernels.depthwise import depthwise_conv_f32, depthwise_conv_s8
 from microtrain.kernels.depthwise_backward import depthwise_conv_f32_backward_input
+from microtrain.kernels.depthwise_host import (depthwise_conv_f32_backward_input_host, depthwise_conv_s8_host,
+                                              depthwise_f32_host_fits, depthwise_host_fits)
 from microtrain.kernels.elementwise_backward import (accumulate_f32, mask_unpack_backward_f32, scale_channels_f32,
                                                      scale_f32)
 from microtrain.kernels.fisher import channel_fisher_f32
 from microtrain.kernels.fully_connected import fully_connected_f32
 from microtrain.kernels.fully_connected_backward import fully_connected_f32_backward_input
+from microtrain.kernels.gemm_io import requant_f64_params
 from microtrain.kernels.loss import softmax_cross_entropy_f32
 from microtrain.kernels.mask import NO_MASK
 from microtrain.kernels.pointwise import pointwise_conv_f32, pointwise_conv_s8
@@ -452,6 +456,10 @@ def prototype_head(features, labels, n_classes, scale=10.0):
 class FisherPass:
     """A FisherPlan bound to one arena of exactly plan.peak bytes, with every kernel call prepared.
 
+    Kernels: the loop kernels the device runs, except where a host kernel gives the same bits faster
+    (int8 depthwise and ADD, stride-1 depthwise input gradient: kernels/depthwise_host.py, add_host.py); the
+    arena, plan and results are the device's either way.
+
     model: the int8 Model; fp: its FisherPlan; head: (W (K, C), b (K,)) float32 written into the tail.
     Calls for a shorter last chunk are bound on demand (views of the first n samples of each buffer).
     """
@@ -460,6 +468,7 @@ class FisherPass:
         self.model, self.fp, self.graph = model, fp, fp.graph
         self.arena = Arena(fp.plan)
         self.flash = {}
+        self.host = {}  # host-only constants of the host kernels (kernels/depthwise_host.py's rq): not device flash
         self._calls = {}
         self._index, self._prod, _ = _topology(self.graph)
         if head is not None:
@@ -529,8 +538,9 @@ class FisherPass:
                 return [(add_f32, (y, xs[0], xs[1]))]
             (am, ash), (bm, bsh), (ym, ysh) = add_multipliers(m.quant[op.inputs[0]][0], m.quant[op.inputs[1]][0],
                                                               m.quant[op.output][0])
-            return [(add_s8, (y, mask, xs[0], xs[1], m.quant[op.inputs[0]][1], am, ash, m.quant[op.inputs[1]][1], bm,
-                              bsh, m.quant[op.output][1], ym, ysh, -128, 127))]
+            fn = add_s8_host if add_host_fits(y.shape[2], y.shape[3]) else add_s8  # same bits; host kernel
+            return [(fn, (y, mask, xs[0], xs[1], m.quant[op.inputs[0]][1], am, ash, m.quant[op.inputs[1]][1], bm,
+                          bsh, m.quant[op.output][1], ym, ysh, -128, 127))]
         w, b = self._weights(op)
         geo = (op.stride, op.pad) if op.kind in ("conv2d", "depthwise") else ()
         if int8:
@@ -540,9 +550,15 @@ class FisherPass:
                 mult, shift = conv_multipliers(xq[0], m.params[op.name]["w_scales"], yq[0])
                 self.flash[key], self.flash[f"shift:{op.name}"] = read_only(mult), read_only(shift)
             lo, hi = activation_range_s8(op.act, *yq)
+            mult, shift = self.flash[key], self.flash[f"shift:{op.name}"]
+            if op.kind == "depthwise" and depthwise_host_fits(y.shape[2], op.cout):  # same bits, host kernel
+                if f"rq:{op.name}" not in self.host:
+                    self.host[f"rq:{op.name}"] = read_only(requant_f64_params(mult, shift))
+                # x bound read-only, as TrainStep binds it: one compiled specialisation
+                return [(depthwise_conv_s8_host, (y, mask, read_only(xs[0]), w, b, self.host[f"rq:{op.name}"], mult,
+                                                  shift, xq[1], yq[1], lo, hi) + geo)]
             fn = {"conv2d": conv2d_s8, "depthwise": depthwise_conv_s8, "pointwise": pointwise_conv_s8}[op.kind]
-            return [(fn, (y, mask, xs[0], w, b, self.flash[key], self.flash[f"shift:{op.name}"], xq[1], yq[1], lo, hi)
-                     + geo)]
+            return [(fn, (y, mask, xs[0], w, b, mult, shift, xq[1], yq[1], lo, hi) + geo)]
         lo, hi = _f32_range(op.act)
         fn = {"conv2d": conv2d_f32, "depthwise": depthwise_conv_f32, "pointwise": pointwise_conv_f32}[op.kind]
         return [(fn, (y, xs[0], w, b, lo, hi) + geo)]
@@ -585,9 +601,13 @@ class FisherPass:
         tmp = f"tmp:{op.name}" in fp.specs
         dx = self.v(f"tmp:{op.name}" if tmp else f"grad:{x}", n)
         geo = (op.stride, op.pad) if op.kind in ("conv2d", "depthwise") else ()
-        fn = {"conv2d": conv2d_f32_backward_input, "depthwise": depthwise_conv_f32_backward_input,
-              "pointwise": pointwise_conv_f32_backward_input}[op.kind]
-        calls.append((fn, (dx, g, w) + geo))
+        if op.kind == "depthwise" and depthwise_f32_host_fits(op.kernel, op.cout, op.stride) and dx.dtype == F32:
+            # same bits, host kernel; bound as TrainStep binds it (dy read-only: one compiled specialisation)
+            calls.append((depthwise_conv_f32_backward_input_host, (dx, read_only(g), w, op.pad)))
+        else:
+            fn = {"conv2d": conv2d_f32_backward_input, "depthwise": depthwise_conv_f32_backward_input,
+                  "pointwise": pointwise_conv_f32_backward_input}[op.kind]
+            calls.append((fn, (dx, g, w) + geo))
         if tmp:
             calls.append((accumulate_f32, (self.v(f"grad:{x}", n), dx)))
         return calls

@@ -295,6 +295,30 @@ def test_pass_allocates_no_numpy_memory(mode):
     assert sum(s.size for s in snap.statistics("filename")) == 0
 
 
+@pytest.mark.parametrize("mode", ["int8", "fp32"])
+def test_host_kernels_give_the_loop_kernels_bits(mode, monkeypatch):
+    """The pass binds the host depthwise / ADD kernels where they fit; with them refused (every layer on the loop
+    kernels firmware runs) the deltas, potentials and loss are the same bits."""
+    import microtrain.tinytrain as tt
+
+    m = tiny_model(seed=19)
+    x, y = support(mode, 3, seed=20)
+    head = head_init(m)
+    fp = plan_fisher_pass(with_classes(m.graph, K), mode, 3, 0)
+    fwd, _, back = FisherPass(m, fp, head=head)._bind(3)
+    bound = {fn.__name__ for fn, _ in fwd + back}
+    assert "depthwise_conv_f32_backward_input_host" in bound
+    if mode == "int8":
+        assert {"depthwise_conv_s8_host", "add_s8_host"} <= bound
+    fast = fisher_potential(m, x, y, K, head=head, mode=mode)
+    for name in ("depthwise_host_fits", "add_host_fits", "depthwise_f32_host_fits"):
+        monkeypatch.setattr(tt, name, lambda *a: False)
+    loop = fisher_potential(m, x, y, K, head=head, mode=mode)
+    assert loop.loss == fast.loss and set(loop.tensor_delta) == set(fast.tensor_delta)
+    for t in fast.tensor_delta:
+        assert fast.tensor_delta[t].tobytes() == loop.tensor_delta[t].tobytes(), t
+
+
 @pytest.mark.parametrize("bad", ["dtype", "shape", "labels"])
 def test_bad_support_set_is_refused(bad):
     m = tiny_model()
