@@ -26,10 +26,11 @@ note), whatever the order, so y and the mask are the reference's.
 import numpy as np
 from numba import njit, prange
 
+from microtrain.arena import read_only
 from microtrain.config import NJIT, NJIT_PARALLEL
 
-from .depthwise import depthwise_s8_shapes_ok
-from .gemm_io import _requant_f64, _requant_int
+from .depthwise import depthwise_conv_s8, depthwise_s8_shapes_ok
+from .gemm_io import _requant_f64, _requant_int, requant_f64_params
 from .mask import mask_check, mask_pack_row
 from .requant import clamp
 from .scratch import (PARALLEL_CHUNKS, SCRATCH_ACC, SCRATCH_W8, SCRATCH_WF, chunk_bounds, scratch_acc_i32,
@@ -55,6 +56,20 @@ def depthwise_host_fits(out_w, channels):
     """True if depthwise_conv_s8_host can run a layer with this output width and channel count: one output row of
     int32 sums (OW * C) must fit the per-thread stack row (SCRATCH_ACC)."""
     return int(out_w) * int(channels) <= SCRATCH_ACC
+
+
+def bind_depthwise_s8(host, key, y, mask, x, w, bias, mult, shift, x_zp, y_zp, act_min, act_max, stride, pad):
+    """(kernel, args) of an int8 depthwise forward, as every host caller (Inference, TrainStep, FisherPass) binds
+    it: depthwise_conv_s8_host where the output row fits, with its requantization constants stored once in
+    host[key] (the caller counts them as host memory), else the loop kernel depthwise_conv_s8. x is bound
+    read-only (the kernels only read it), so all callers share one compiled specialisation."""
+    x = read_only(x)
+    if not depthwise_host_fits(y.shape[2], y.shape[3]):
+        return depthwise_conv_s8, (y, mask, x, w, bias, mult, shift, x_zp, y_zp, act_min, act_max, stride, pad)
+    if key not in host:
+        host[key] = read_only(requant_f64_params(mult, shift))
+    return depthwise_conv_s8_host, (y, mask, x, w, bias, host[key], mult, shift, x_zp, y_zp, act_min, act_max,
+                                    stride, pad)
 
 
 @njit(**NJIT_PARALLEL)

@@ -26,7 +26,7 @@ from microtrain.planner import PlanBuilder
 from microtrain.kernels.requant import activation_range_s8, add_multipliers, conv_multipliers
 from microtrain.kernels.conv2d import conv2d_s8
 from microtrain.kernels.depthwise import depthwise_conv_s8
-from microtrain.kernels.depthwise_host import depthwise_conv_s8_host, depthwise_host_fits
+from microtrain.kernels.depthwise_host import bind_depthwise_s8
 from microtrain.kernels.pointwise import pointwise_conv_s8
 from microtrain.kernels.add import add_s8
 from microtrain.kernels.add_host import add_host_fits, add_s8_host
@@ -151,11 +151,9 @@ class Inference:
             common = (read_only(p["weight"]), read_only(p["bias"]), mult, shift, xq[1], yq[1], lo, hi)
             if op.kind == "conv2d":
                 return conv2d_s8, (y, NO_MASK, x) + common + (op.stride, op.pad)
+            if op.kind == "depthwise" and self.backend == "blas":
+                return bind_depthwise_s8(self._wt, f"rq:{op.name}", y, NO_MASK, x, *common, op.stride, op.pad)
             if op.kind == "depthwise":
-                if self.backend == "blas" and depthwise_host_fits(y.shape[2], op.cout):
-                    rq = self._wt[f"rq:{op.name}"] = read_only(requant_f64_params(mult, shift))
-                    w_b, q = common[:2], common[2:]  # (weight, bias), (mult, shift, zero points, range)
-                    return depthwise_conv_s8_host, (y, NO_MASK, x) + w_b + (rq,) + q + (op.stride, op.pad)
                 return depthwise_conv_s8, (y, NO_MASK, x) + common + (op.stride, op.pad)
             if op.kind == "pointwise":
                 return pointwise_conv_s8, (y, NO_MASK, x) + common

@@ -25,16 +25,15 @@ from microtrain.kernels.add_host import add_host_fits, add_s8_host
 from microtrain.kernels.clamp_backward import clamp_f32_backward
 from microtrain.kernels.conv2d import conv2d_f32, conv2d_s8
 from microtrain.kernels.conv2d_backward import conv2d_f32_backward_input
-from microtrain.kernels.depthwise import depthwise_conv_f32, depthwise_conv_s8
+from microtrain.kernels.depthwise import depthwise_conv_f32
 from microtrain.kernels.depthwise_backward import depthwise_conv_f32_backward_input
-from microtrain.kernels.depthwise_host import (depthwise_conv_f32_backward_input_host, depthwise_conv_s8_host,
-                                              depthwise_f32_host_fits, depthwise_host_fits)
+from microtrain.kernels.depthwise_host import (bind_depthwise_s8, depthwise_conv_f32_backward_input_host,
+                                              depthwise_f32_host_fits)
 from microtrain.kernels.elementwise_backward import (accumulate_f32, mask_unpack_backward_f32, scale_channels_f32,
                                                      scale_f32)
 from microtrain.kernels.fisher import channel_fisher_f32
 from microtrain.kernels.fully_connected import fully_connected_f32
 from microtrain.kernels.fully_connected_backward import fully_connected_f32_backward_input
-from microtrain.kernels.gemm_io import requant_f64_params
 from microtrain.kernels.loss import softmax_cross_entropy_f32
 from microtrain.kernels.mask import NO_MASK
 from microtrain.kernels.pointwise import pointwise_conv_f32, pointwise_conv_s8
@@ -551,13 +550,10 @@ class FisherPass:
                 self.flash[key], self.flash[f"shift:{op.name}"] = read_only(mult), read_only(shift)
             lo, hi = activation_range_s8(op.act, *yq)
             mult, shift = self.flash[key], self.flash[f"shift:{op.name}"]
-            if op.kind == "depthwise" and depthwise_host_fits(y.shape[2], op.cout):  # same bits, host kernel
-                if f"rq:{op.name}" not in self.host:
-                    self.host[f"rq:{op.name}"] = read_only(requant_f64_params(mult, shift))
-                # x bound read-only, as TrainStep binds it: one compiled specialisation
-                return [(depthwise_conv_s8_host, (y, mask, read_only(xs[0]), w, b, self.host[f"rq:{op.name}"], mult,
-                                                  shift, xq[1], yq[1], lo, hi) + geo)]
-            fn = {"conv2d": conv2d_s8, "depthwise": depthwise_conv_s8, "pointwise": pointwise_conv_s8}[op.kind]
+            if op.kind == "depthwise":  # the host kernel where it fits (same bits), bound as TrainStep binds it
+                return [bind_depthwise_s8(self.host, f"rq:{op.name}", y, mask, xs[0], w, b, mult, shift, xq[1],
+                                          yq[1], lo, hi, *geo)]
+            fn = {"conv2d": conv2d_s8, "pointwise": pointwise_conv_s8}[op.kind]
             return [(fn, (y, mask, xs[0], w, b, mult, shift, xq[1], yq[1], lo, hi) + geo)]
         lo, hi = _f32_range(op.act)
         fn = {"conv2d": conv2d_f32, "depthwise": depthwise_conv_f32, "pointwise": pointwise_conv_f32}[op.kind]

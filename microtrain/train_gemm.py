@@ -37,8 +37,8 @@ int8 weight a GEMM reads, and each int8 GEMM or depthwise layer's (3, Co) float6
 import numpy as np
 
 from microtrain.arena import read_only
-from microtrain.kernels.depthwise_host import (depthwise_conv_f32_backward_input_host, depthwise_conv_f32_host,
-                                              depthwise_conv_s8_host, depthwise_f32_host_fits, depthwise_host_fits)
+from microtrain.kernels.depthwise_host import (bind_depthwise_s8, depthwise_conv_f32_backward_input_host,
+                                              depthwise_conv_f32_host, depthwise_f32_host_fits)
 from microtrain.kernels.gather import gather_channels
 from microtrain.kernels.gemm_f32 import bias_add_clamp_f32
 from microtrain.kernels.gemm_io import (F32_EXACT_INT, exact_in_f32, im2col_f32, requant_f64_params,
@@ -95,14 +95,11 @@ class HostGemm:
     # ---- forward ---------------------------------------------------------------------------------------
     def forward_s8(self, op, y, mask, x, w, trainable, bias, mult, shift, x_zp, y_zp, lo, hi):
         """int8 conv2d / 1x1 forward, bit-exact with conv2d_s8 / pointwise_conv_s8 (mask included), or None when
-        the float32 sums could round; an int8 depthwise forward as depthwise_conv_s8_host (bit-exact with
-        depthwise_conv_s8), or None when its output row does not fit the kernel's stack row."""
+        the float32 sums could round; an int8 depthwise forward from depthwise_host.bind_depthwise_s8 (the host
+        kernel where it fits, bit-exact with depthwise_conv_s8, else that loop kernel)."""
         if op.kind == "depthwise":
-            if not depthwise_host_fits(y.shape[2], op.cout):
-                return None
-            rq = self._rq[op.name] = read_only(requant_f64_params(mult, shift))
-            return depthwise_conv_s8_host, (y, mask, read_only(x), w, bias, rq, mult, shift, x_zp, y_zp, lo, hi,
-                                            op.stride, op.pad)
+            return bind_depthwise_s8(self._rq, op.name, y, mask, x, w, bias, mult, shift, x_zp, y_zp, lo, hi,
+                                     op.stride, op.pad)
         if op.kind not in GEMM_KINDS:
             return None
         k = int(np.prod(op.weight_shape()[1:]))
