@@ -30,9 +30,8 @@ from microtrain.arena import read_only
 from microtrain.config import NJIT, NJIT_PARALLEL
 
 from .depthwise import depthwise_conv_s8, depthwise_s8_shapes_ok
-from .gemm_io import _requant_f64, _requant_int, requant_f64_params
+from .gemm_io import requant_f64_params, requant_row_f64
 from .mask import mask_check, mask_pack_row
-from .requant import clamp
 from .scratch import (PARALLEL_CHUNKS, SCRATCH_ACC, SCRATCH_W8, SCRATCH_WF, chunk_bounds, scratch_acc_i32,
                       scratch_w_f32, scratch_w_i8)
 
@@ -101,8 +100,6 @@ def depthwise_conv_s8_host(y, mask, x, w, bias, rq, mult, shift, x_zp, y_zp, act
     tiled = stride == 1 and (KH * KW + 1) * L <= SCRATCH_W8
     f0 = KH * KW * L if tiled else 0  # the flag row's offset in the int8 scratch
     xz = np.int32(x_zp)
-    yz = np.int64(y_zp)
-    fz, flo, fhi = np.float64(y_zp), np.float64(act_min), np.float64(act_max)
     xf = x.reshape(N * H * W * C)  # a view: the tiled path addresses whole input rows
     rows = N * OH
     chunks = min(PARALLEL_CHUNKS, rows)
@@ -147,26 +144,8 @@ def depthwise_conv_s8_host(y, mask, x, w, bias, rq, mult, shift, x_zp, y_zp, act
                             x_s = x[n, iy0 + ky, ix0 + kx]
                             for c in range(C):  # contiguous channels: vectorised
                                 a_s[c] += np.int32(w_s[c]) * (np.int32(x_s[c]) - xz)
-            yr = y[n, oy]
-            far = False
-            for ox in range(OW):
-                a_s = acc[ox * C:ox * C + C]
-                f_s = flag[ox * C:ox * C + C]
-                y_s = yr[ox]
-                for c in range(C):  # float64 lanes, no branch
-                    a = np.float64(a_s[c]) + np.float64(bias[c])
-                    v = _requant_f64(a, rq[0, c], rq[1, c], fz)
-                    f_s[c] = np.int8(v >= flo) & np.int8(v <= fhi)
-                    y_s[c] = np.int8(np.int32(min(max(v, flo), fhi)))
-                    far |= abs(a) >= rq[2, c]
-            if far:  # rare: the elements beyond the fast path's limit, with the integer primitives
-                for ox in range(OW):
-                    for c in range(C):
-                        j = ox * C + c
-                        if abs(np.float64(acc[j]) + np.float64(bias[c])) >= rq[2, c]:
-                            v = _requant_int(acc[j], bias[c], mult[c], shift[c], yz)
-                            flag[j] = np.int8(v >= act_min and v <= act_max)
-                            yr[ox, c] = np.int8(clamp(v, act_min, act_max))
+            requant_row_f64(y[n, oy], flag, acc[:L].reshape(OW, C), bias, rq, mult, shift, y_zp, act_min,
+                            act_max)
             if write_mask:
                 mask_pack_row(mask, r, flag, L)
 

@@ -137,6 +137,42 @@ def _requant_int(acc, bias, mult, shift, yz):
     return mbqm(a, mult, shift) + yz
 
 
+@njit(**NJIT)
+def requant_row_f64(y2, flag, acc2, bias, rq, mult, shift, y_zp, act_min, act_max):
+    """One image row of int8 outputs and in-range flags from exact integer sums, as TFLM requantizes them.
+
+    Layout:    y2 (W, Co) s8 out; flag (>= W * Co,) int8 out, flag[w * Co + co] = 1 iff the value before clamping
+               lies in [act_min, act_max] (the 1-bit mask's bit, kernels/mask.py), else 0; acc2 (W, Co) int32 or
+               float32 exact integer sums (before the bias); bias (Co,) s32; rq (3, Co) = requant_f64_params(mult,
+               shift); mult, shift (Co,) s32.
+    Method:    the float64 form (module docstring) over the whole row, branch-free so it vectorises, noting whether
+               any |acc + bias| reached its channel's limit; those elements (rare) are then redone with the
+               integer primitives (acc + bias wrapped to int32, requant.mbqm, clamp). The shared tail of
+               requantize_acc_f32_s8_mask and depthwise_host.depthwise_conv_s8_host.
+    """
+    W, CO = y2.shape
+    fz, flo, fhi = np.float64(y_zp), np.float64(act_min), np.float64(act_max)
+    far = False
+    for ox in range(W):
+        a_s = acc2[ox]
+        f_s = flag[ox * CO:ox * CO + CO]
+        y_s = y2[ox]
+        for co in range(CO):  # float64 lanes, no branch
+            a = np.float64(a_s[co]) + np.float64(bias[co])
+            v = _requant_f64(a, rq[0, co], rq[1, co], fz)
+            f_s[co] = np.int8(v >= flo) & np.int8(v <= fhi)
+            y_s[co] = np.int8(np.int32(min(max(v, flo), fhi)))
+            far |= abs(a) >= rq[2, co]
+    if far:
+        yz = np.int64(y_zp)
+        for ox in range(W):
+            for co in range(CO):
+                if abs(np.float64(acc2[ox, co]) + np.float64(bias[co])) >= rq[2, co]:
+                    v = _requant_int(acc2[ox, co], bias[co], mult[co], shift[co], yz)
+                    flag[ox * CO + co] = np.int8(v >= act_min and v <= act_max)
+                    y2[ox, co] = np.int8(clamp(v, act_min, act_max))
+
+
 @njit(**NJIT_PARALLEL)
 def requantize_acc_f32_s8(y, acc, bias, rq, mult, shift, y_zp, act_min, act_max):
     """y[p, co] = clamp(mbqm(wrap32(acc[p, co] + bias[co]), mult[co], shift[co]) + y_zp), the int8 output.
@@ -180,10 +216,9 @@ def requantize_acc_f32_s8_mask(y, mask, acc, bias, rq, mult, shift, y_zp, act_mi
     Mask:      bit (n, h, w, co) = 1 iff the value before clamping, mbqm(acc + bias) + y_zp, lies in
                [act_min, act_max]: the same bit pointwise_conv_s8 / conv2d_s8 write, so a training step's int8
                forward on the GEMM path leaves the arena exactly as the loop kernels do.
-    Method:    per image row, the float64 form (module docstring) writes y and one in-range flag per element into a
-               per-thread stack row, then the flags are packed 8 to a byte; a row with an element beyond lim, or
-               longer than the stack row (W * Co > SCRATCH_W8), is written element by element with the integer
-               primitives instead.
+    Method:    per image row, requant_row_f64 writes y and one in-range flag per element into a per-thread stack
+               row, then the flags are packed 8 to a byte; a row longer than the stack row (W * Co > SCRATCH_W8) is
+               written element by element with the integer primitives instead.
     Ownership: writes every element of y and, unless NO_MASK, every byte of mask; allocates nothing.
     Parallel:  prange over image rows (n, h); rows of the mask start on a byte, so writes are disjoint.
     """
@@ -193,23 +228,16 @@ def requantize_acc_f32_s8_mask(y, mask, acc, bias, rq, mult, shift, y_zp, act_mi
         raise ValueError("requantize_acc_f32_s8_mask: inconsistent shapes")
     write_mask = mask_check(mask, N * H, W, CO)
     yz = np.int64(y_zp)
-    fz, flo, fhi = np.float64(y_zp), np.float64(act_min), np.float64(act_max)
     L = W * CO
     for r in prange(N * H):
         n = r // H
         h = r - n * H
         flag = scratch_w_i8()  # (SCRATCH_W8,) per thread: the row's in-range flags, 0 or 1
-        far = L > SCRATCH_W8
-        if not far:
-            for ox in range(W):
-                j0 = ox * CO
-                for co in range(CO):  # vectorised: float64 lanes, no branch
-                    a = np.float64(acc[n, h, ox, co]) + np.float64(bias[co])
-                    v = _requant_f64(a, rq[0, co], rq[1, co], fz)
-                    flag[j0 + co] = np.int8(v >= flo) & np.int8(v <= fhi)
-                    y[n, h, ox, co] = np.int8(np.int32(min(max(v, flo), fhi)))
-                    far |= abs(a) >= rq[2, co]
-        if far:  # rare: the integer primitives, element by element
+        if L <= SCRATCH_W8:
+            requant_row_f64(y[n, h], flag, acc[n, h], bias, rq, mult, shift, y_zp, act_min, act_max)
+            if write_mask:
+                mask_pack_row(mask, r, flag, L)
+        else:  # no room for the flags: the integer primitives, element by element
             byte = 0
             for ox in range(W):
                 for co in range(CO):
@@ -219,5 +247,3 @@ def requantize_acc_f32_s8_mask(y, mask, acc, bias, rq, mult, shift, y_zp, act_mi
                         byte = mask_put_bit(mask, r, ox * CO + co, byte, v >= act_min and v <= act_max)
             if write_mask:
                 mask_flush_row(mask, r, L, byte)
-        elif write_mask:
-            mask_pack_row(mask, r, flag, L)
