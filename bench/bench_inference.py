@@ -84,10 +84,10 @@ def litert_runner(model, batch):
     return run
 
 
-def torch_runner(model, x):
+def torch_runner(model, x, timed=False):
     """run(x) -> fp32 logits of PyTorch's fp32 network with the dequantized weights, on x (int8, the model's input
     quantization) dequantized once here: the int8 engine too is timed on an input already quantized."""
-    torch = _import_torch()  # skips without torch; same threads as Numba
+    torch = _import_torch(timed)  # skips without torch, or when it cannot be timed fairly; Numba's threads
     from microtrain.ptq import float_forward
     from microtrain.sparse import SparseConfig
     from microtrain.train import dequantized_weights
@@ -139,7 +139,7 @@ def test_inference_s8(benchmark, name, batch, impl):
         assert diff.max() <= LITERT_MAX_LSB, f"LiteRT differs from TFLM/microtrain by {diff.max()} LSB"
         benchmark.extra_info.update(litert_max_lsb=int(diff.max()), litert_share_differing=float(np.mean(diff > 0)))
     else:
-        fn = torch_runner(model, x)
+        fn = torch_runner(model, x, timed=not benchmark.disabled)
     rounds = ROUNDS[impl][batch > 1]
     benchmark.pedantic(fn, args=(x,), rounds=rounds, warmup_rounds=1 if impl in ("litert", "torch") else 0)
 

@@ -1,6 +1,9 @@
-"""Turn one pytest-benchmark JSON run into the ratio tables of bench/README.md.
+"""Turn pytest-benchmark JSON runs into the ratio tables of bench/README.md.
 
-    python -m pytest bench/ --benchmark-json=run.json && python bench/report.py run.json
+    python -m pytest bench/ --benchmark-json=run.json && python bench/report.py run.json [peers.json ...]
+
+Several files are merged, a later file's case replacing an earlier one's of the same name: PyTorch is timed in a
+run of its own (microtrain's passive OpenMP setting would slow it, bench/README.md), whose file comes second.
 
 Each benchmark is parametrised by `impl` (microtrain or a peer); rows pair them by the other parameters.
 Ratio = peer time / microtrain time (> 1: microtrain is faster). GMAC/s = extra_info["macs"] / mean time.
@@ -55,9 +58,22 @@ def render(data):
     return "\n".join(out)
 
 
+def merge(runs):
+    """One run from several: the first one's machine and date, every case, a later run's case replacing an
+    earlier one's of the same full name."""
+    cases = {}
+    for run in runs:
+        for b in run["benchmarks"]:
+            cases[b["fullname"]] = b
+    return dict(runs[0], benchmarks=list(cases.values()))
+
+
 def main(argv):
-    with open(argv[1]) as f:
-        print(render(json.load(f)))
+    runs = []
+    for path in argv[1:]:
+        with open(path) as f:
+            runs.append(json.load(f))
+    print(render(merge(runs)))
 
 
 if __name__ == "__main__":

@@ -1,24 +1,81 @@
-"""Numba options and numeric tolerances, in one place (house style: never sprinkled per function).
+"""Numba options, the threading layer, and numeric tolerances, in one place (house style: never sprinkled per
+function).
 
 Kernels import NJIT / NJIT_PARALLEL from here. `cache=True` keeps compiled code on disk so a second
 process starts warm; no `fastmath` anywhere, so fp32 kernels keep C's (non -ffast-math) operation order.
 
-Threading layer: Numba's default on this stack is GNU OpenMP, whose worker threads spin and then sleep between
-the many short parallel kernels of a step; on a machine whose cores are shared with other processes a descheduled
-worker stalls every kernel, and 2-thread runs measured up to 1.5x *slower* than 1 thread (int8 pointwise layers of
-MCUNet at batch 25 under load: 206 ms on 2 threads vs 138 ms on 1; workqueue on 2 threads: 140 ms). The
-`workqueue` layer (Numba's own, no OpenMP) did not degrade that way, so it is the default here unless the user
-sets NUMBA_THREADING_LAYER. Its limit: it does not support parallel kernels launched concurrently from several
-Python threads of one process (microtrain never does; `evaluate --workers` uses processes with one thread each).
-Results do not depend on the layer or the thread count (every parallel kernel has a fixed reduction order).
+Threading layer (chosen once, when this module is imported; THREADING says which and why). A training step or an
+inference runs many short parallel kernels, each between NumPy BLAS calls that have their own threads, so what a
+layer costs per launch and what its idle workers do matter more than how it schedules:
+  - Numba's `workqueue` layer costs 90-180 us per parallel launch on this 2-core VM, even with one thread (an empty
+    prange kernel: median 175 us; GNU OpenMP: 3 us). At batch 1 most kernels do a few microseconds of work, so
+    MCUNet's int8 inference spent ~8 of its 10 ms launching.
+  - GNU OpenMP's workers spin after each region by default (OMP_WAIT_POLICY=active). Spinning workers and
+    OpenBLAS's threads then fight for the cores: MCUNet b1 inference took 176 ms instead of 10.
+  - GNU OpenMP with OMP_WAIT_POLICY=passive (idle workers sleep at once) has neither problem. Measured with 2
+    threads (MCUNet, int8 inference b1 / b25; int8 49kb step b25): workqueue 10.3 / 89.9 / 127.3 ms, omp passive
+    3.5 / 55.0 / 94.3 ms; with a third process spinning on one core: workqueue 22.7 / 131.7 ms, omp passive
+    19.1 / 121.6 ms.
+So the default here is `omp` with passive waiting. This module sets OMP_WAIT_POLICY=passive in the environment
+(unless the user set it) and loads Numba's OpenMP pool (and so libgomp, which reads the variable when it loads)
+right away, without starting threads. Consequences:
+  - the setting is process-wide: a library that loads the same GNU OpenMP runtime later (PyTorch imported after
+    microtrain) shares it and runs passive too (PyTorch's MCUNet b1 forward: 3.7 ms default, 5.7-11 ms passive);
+    bench/ therefore times PyTorch in its own run (bench/README.md);
+  - GNU OpenMP is not fork-safe: a process that has run a parallel kernel must not fork a child that runs one
+    (Numba terminates that child with "fork() called from a process already using GNU OpenMP"). Use spawned
+    processes (`evaluate --workers` does), or NUMBA_THREADING_LAYER=workqueue;
+  - if an OpenMP runtime is already loaded when microtrain is imported (e.g. PyTorch imported first, with its own
+    libgomp and active waiting), Numba's regions would run on it with spinning workers: `workqueue` is used then,
+    and where /proc/self/maps cannot tell (not Linux), and where the OpenMP pool does not load.
+NUMBA_THREADING_LAYER, when set, is left to Numba and nothing here changes. Results do not depend on the layer or
+the thread count (every parallel kernel has a fixed reduction order). workqueue's own limit: it does not support
+parallel kernels launched concurrently from several Python threads of one process (microtrain never does).
 """
 
+import importlib
 import os
 
 import numba
 
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
+_OPENMP_RUNTIMES = ("libgomp", "libiomp", "libomp")
+
+
+def _openmp_loaded():
+    """True if an OpenMP runtime is mapped into this process, False if none is, None if /proc/self/maps cannot be
+    read (not Linux)."""
+    try:
+        with open("/proc/self/maps") as f:
+            names = {os.path.basename(line.split()[-1]) for line in f if "/" in line}
+    except OSError:
+        return None
+    return any(n.startswith(_OPENMP_RUNTIMES) for n in names)
+
+
+def _choose_threading_layer():
+    """Set Numba's threading layer (module docstring); returns a one-line account of the choice."""
+    if "NUMBA_THREADING_LAYER" in os.environ:
+        return f"{os.environ['NUMBA_THREADING_LAYER']} (NUMBA_THREADING_LAYER)"
+    loaded = _openmp_loaded()
+    if loaded is not False:
+        numba.config.THREADING_LAYER = "workqueue"
+        why = "an OpenMP runtime was already loaded" if loaded else "cannot see the loaded libraries"
+        return f"workqueue ({why})"
+    ours = "OMP_WAIT_POLICY" not in os.environ
+    if ours:
+        os.environ["OMP_WAIT_POLICY"] = "passive"
+    try:
+        importlib.import_module("numba.np.ufunc.omppool")  # loads libgomp now, under the policy above; no thread
+    except ImportError:
+        if ours:
+            del os.environ["OMP_WAIT_POLICY"]
+        numba.config.THREADING_LAYER = "workqueue"
+        return "workqueue (Numba's OpenMP pool did not load)"
+    numba.config.THREADING_LAYER = "omp"
+    return f"omp (OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']})"
+
+
+THREADING = _choose_threading_layer()
 
 NJIT = dict(cache=True, nogil=True)
 NJIT_PARALLEL = dict(cache=True, nogil=True, parallel=True)

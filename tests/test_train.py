@@ -159,7 +159,7 @@ def test_int8_updates_change_int8_weights_and_stay_in_range():
     assert changed > 0
 
 
-def _run_twice(mode, threads):
+def _run_twice(mode, threads, layer=None):
     code = f"""
 import numpy as np, sys
 sys.path.insert(0, {os.path.dirname(__file__)!r})
@@ -177,6 +177,9 @@ import hashlib; print(hashlib.sha256(out).hexdigest())
 """
     env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))  # the default backend
     # ("blas") runs sgemm: its thread count changes with Numba's
+    env.pop("NUMBA_THREADING_LAYER", None)  # microtrain.config's choice, or the one asked for
+    if layer:
+        env["NUMBA_THREADING_LAYER"] = layer
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd="/")
     return r.stdout.strip()
 
@@ -186,6 +189,7 @@ def test_same_seed_gives_bit_identical_weights_with_1_and_2_threads(mode):
     h1 = _run_twice(mode, 1)
     assert h1 == _run_twice(mode, 1)
     assert h1 == _run_twice(mode, 2)
+    assert h1 == _run_twice(mode, 2, layer="workqueue")  # microtrain.config's default is omp where it loads
 
 
 @pytest.mark.skipif(JIT_DISABLED, reason="pure-Python kernels allocate temporaries; the contract is the jitted one")

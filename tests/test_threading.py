@@ -1,0 +1,104 @@
+"""microtrain.config's choice of Numba threading layer, each case in a fresh process (the choice is made once, when
+microtrain.config is imported, and depends on the environment and on the libraries already loaded)."""
+
+import ctypes.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from settings import JIT_DISABLED
+
+LINUX = sys.platform.startswith("linux")
+
+# Imports microtrain.config (optionally after loading a library), runs one parallel kernel, reports the state.
+PROBE = """
+import ctypes, json, os, sys
+if len(sys.argv) > 1:
+    ctypes.CDLL(sys.argv[1])  # an OpenMP runtime loaded before microtrain, as PyTorch would
+import numpy as np
+import microtrain.config as c
+from microtrain.kernels.gemm_io import widen_s8_f32
+import numba
+xf = np.empty((64, 3), np.float32)
+x = (np.arange(192) - 96).astype(np.int8).reshape(64, 3)
+widen_s8_f32(xf, x, 2)
+assert np.array_equal(xf, x - 2.0)
+print(json.dumps({"threading": c.THREADING, "layer": numba.threading_layer(),
+                  "policy": os.environ.get("OMP_WAIT_POLICY")}))
+"""
+
+
+def _omppool_loads():
+    r = subprocess.run([sys.executable, "-c", "import numba.np.ufunc.omppool"], capture_output=True, cwd="/")
+    return r.returncode == 0
+
+
+def _probe(env_set=None, env_drop=("NUMBA_THREADING_LAYER", "OMP_WAIT_POLICY"), preload=None):
+    env = {k: v for k, v in os.environ.items() if k not in env_drop}
+    env.update(env_set or {})
+    args = [sys.executable, "-c", PROBE] + ([preload] if preload else [])
+    r = subprocess.run(args, env=env, capture_output=True, text=True, cwd="/")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+pytestmark = pytest.mark.skipif(JIT_DISABLED, reason="no parallel kernels without the JIT")
+
+
+@pytest.mark.skipif(not LINUX, reason="the OpenMP default needs /proc/self/maps (Linux); elsewhere it is workqueue")
+def test_default_is_passive_openmp_where_it_loads():
+    got = _probe()
+    if _omppool_loads():
+        assert got == {"threading": "omp (OMP_WAIT_POLICY=passive)", "layer": "omp", "policy": "passive"}
+    else:
+        assert got["layer"] == "workqueue" and got["policy"] is None, got
+
+
+def test_numba_threading_layer_set_by_the_user_is_left_alone():
+    got = _probe({"NUMBA_THREADING_LAYER": "workqueue"})
+    assert got == {"threading": "workqueue (NUMBA_THREADING_LAYER)", "layer": "workqueue", "policy": None}
+
+
+@pytest.mark.skipif(not LINUX, reason="Linux only (see above)")
+def test_a_wait_policy_set_by_the_user_is_kept():
+    if not _omppool_loads():
+        pytest.skip("Numba's OpenMP pool does not load on this machine")
+    got = _probe({"OMP_WAIT_POLICY": "active"})
+    assert got == {"threading": "omp (OMP_WAIT_POLICY=active)", "layer": "omp", "policy": "active"}
+
+
+@pytest.mark.skipif(not LINUX, reason="Linux only (see above)")
+def test_openmp_already_loaded_falls_back_to_workqueue():
+    gomp = ctypes.util.find_library("gomp")
+    if gomp is None:
+        pytest.skip("no GNU OpenMP runtime on this machine to preload")
+    got = _probe(preload=gomp)
+    assert got == {"threading": "workqueue (an OpenMP runtime was already loaded)", "layer": "workqueue",
+                   "policy": None}
+
+
+FORK = """
+import os, sys
+import numpy as np
+import microtrain.config
+from microtrain.kernels.gemm_io import widen_s8_f32
+xf = np.empty((64, 3), np.float32)
+pid = os.fork()
+if pid == 0:
+    widen_s8_f32(xf, np.ones((64, 3), np.int8), 0)
+    os._exit(0 if xf.min() == 1.0 else 3)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_importing_starts_no_thread_so_a_fork_before_any_kernel_is_safe():
+    """GNU OpenMP is not fork-safe once its threads run; microtrain.config loads the pool without starting them."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_THREADING_LAYER", "OMP_WAIT_POLICY")}
+    r = subprocess.run([sys.executable, "-c", FORK], env=env, capture_output=True, text=True, cwd="/")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "0", r.stderr
