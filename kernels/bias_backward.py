@@ -10,7 +10,9 @@ import numpy as np
 from numba import njit, prange
 
 from microtrain.config import NJIT, NJIT_PARALLEL
+
 from microtrain.kernels.scratch import PARALLEL_CHUNKS, chunk_bounds
+from microtrain.kernels.threads import threads_for, threads_restore
 
 
 @njit(**NJIT_PARALLEL)
@@ -36,6 +38,7 @@ def bias_f32_backward(db, dy, keep):
         if keep[k] < 0 or keep[k] >= C:
             raise ValueError("bias_f32_backward: keep index out of range")
     chunks = min(PARALLEL_CHUNKS, K)
+    prev = threads_for(dy.size)
     for t in prange(chunks):
         k0, k1 = chunk_bounds(K, chunks, t)
         d = db[k0:k1]  # this thread's channels; slices indexed from 0 and an unsigned gather index (keep was
@@ -48,6 +51,7 @@ def bias_f32_backward(db, dy, keep):
                     row = dy[n, h, w]
                     for k in range(k1 - k0):
                         d[k] += row[np.uint32(kp[k])]
+    threads_restore(prev)
 
 
 @njit(**NJIT)

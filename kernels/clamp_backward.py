@@ -8,6 +8,8 @@ from numba import njit, prange
 
 from microtrain.config import NJIT_PARALLEL
 
+from .threads import threads_for, threads_restore
+
 
 @njit(**NJIT_PARALLEL)
 def clamp_f32_backward(dx, dy, y, lo, hi):
@@ -22,6 +24,7 @@ def clamp_f32_backward(dx, dy, y, lo, hi):
     N, H, W, C = dy.shape
     if dx.shape != dy.shape or y.shape != dy.shape:
         raise ValueError("clamp_f32_backward: inconsistent shapes")
+    prev = threads_for(dy.size)
     for r in prange(N * H):
         n = r // H
         h = r - n * H
@@ -32,3 +35,4 @@ def clamp_f32_backward(dx, dy, y, lo, hi):
                     dx[n, h, w, c] = dy[n, h, w, c]
                 else:
                     dx[n, h, w, c] = 0.0
+    threads_restore(prev)

@@ -11,6 +11,7 @@ from microtrain.config import NJIT_PARALLEL
 
 from .mask import mask_check, mask_flush_row, mask_put_bit
 from .requant import INT32_MIN, clamp, mbqm
+from .threads import threads_for, threads_restore
 
 
 @njit(**NJIT_PARALLEL)
@@ -55,6 +56,7 @@ def conv2d_s8(y, mask, x, w, bias, mult, shift, x_zp, y_zp, act_min, act_max, st
     write_mask = mask_check(mask, N * OH, OW, CO)
     xz = np.int64(x_zp)
     yz = np.int64(y_zp)
+    prev = threads_for(y.size * (w.size // w.shape[0]))
     for r in prange(N * OH):
         n = r // OH
         oy = r - n * OH
@@ -84,6 +86,7 @@ def conv2d_s8(y, mask, x, w, bias, mult, shift, x_zp, y_zp, act_min, act_max, st
                     j += 1
         if write_mask:
             mask_flush_row(mask, r, j, byte)
+    threads_restore(prev)
 
 
 @njit(**NJIT_PARALLEL)
@@ -114,6 +117,7 @@ def conv2d_f32(y, x, w, bias, act_min, act_max, stride, pad):
         raise ValueError("conv2d_f32: inconsistent shapes")
     lo = np.float32(act_min)
     hi = np.float32(act_max)
+    prev = threads_for(y.size * (w.size // w.shape[0]))
     for r in prange(N * OH):
         n = r // OH
         oy = r - n * OH
@@ -138,3 +142,4 @@ def conv2d_f32(y, x, w, bias, act_min, act_max, stride, pad):
                 if acc > hi:
                     acc = hi
                 y[n, oy, ox, co] = acc
+    threads_restore(prev)

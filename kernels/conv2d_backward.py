@@ -15,6 +15,8 @@ from numba import njit, prange
 
 from microtrain.config import NJIT_PARALLEL
 
+from .threads import threads_for, threads_restore
+
 
 @njit(**NJIT_PARALLEL)
 def conv2d_f32_backward_input(dx, dy, w, stride, pad):
@@ -45,6 +47,7 @@ def conv2d_f32_backward_input(dx, dy, w, stride, pad):
     if (dy.shape[0] != N or w.shape[0] != CO or w.shape[3] != CI or stride < 1
             or OH != (H + 2 * pad - KH) // stride + 1 or OW != (W + 2 * pad - KW) // stride + 1):
         raise ValueError("conv2d_f32_backward_input: inconsistent shapes")
+    prev = threads_for(dy.size * (w.size // w.shape[0]))
     for r in prange(N * H):
         n = r // H
         iy = r - n * H
@@ -69,6 +72,7 @@ def conv2d_f32_backward_input(dx, dy, w, stride, pad):
                         g = dy[n, oy, ox, co]
                         for ci in range(CI):
                             dx[n, iy, ix, ci] += w[co, ky, kx, ci] * g
+    threads_restore(prev)
 
 
 @njit(**NJIT_PARALLEL)
@@ -112,6 +116,7 @@ def conv2d_f32_backward_weight(dw, x, x_zp, dy, keep_out, stride, pad):
     for k in range(K):
         if keep_out[k] < 0 or keep_out[k] >= CO:
             raise ValueError("conv2d_f32_backward_weight: keep_out index out of range")
+    prev = threads_for(dy.size * (dw.size // dw.shape[0]))
     for k in prange(K):
         co = keep_out[k]
         for ky in range(KH):
@@ -134,3 +139,4 @@ def conv2d_f32_backward_weight(dw, x, x_zp, dy, keep_out, stride, pad):
                                 continue
                             for ci in range(CI):
                                 dw[k, ky, kx, ci] += (x[n, iy, ix, ci] - xz) * g
+    threads_restore(prev)

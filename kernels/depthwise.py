@@ -13,6 +13,7 @@ from microtrain.config import NJIT, NJIT_PARALLEL
 from .mask import mask_check, mask_flush_row, mask_put_bit
 from .requant import INT32_MIN, clamp, mbqm
 from .scratch import SCRATCH_ACC, scratch_acc_i32
+from .threads import threads_for, threads_restore
 
 
 @njit(**NJIT)
@@ -65,6 +66,7 @@ def depthwise_conv_s8(y, mask, x, w, bias, mult, shift, x_zp, y_zp, act_min, act
     write_mask = mask_check(mask, N * OH, OW, C)
     xz = np.int32(x_zp)
     yz = np.int64(y_zp)
+    prev = threads_for(y.size * w.shape[0] * w.shape[1])
     for r in prange(N * OH):
         acc = scratch_acc_i32()  # per-thread stack row of int32 accumulators, SCRATCH_ACC channels at a time
         n = r // OH
@@ -99,6 +101,7 @@ def depthwise_conv_s8(y, mask, x, w, bias, mult, shift, x_zp, y_zp, act_min, act
                         j += 1
         if write_mask:
             mask_flush_row(mask, r, j, byte)
+    threads_restore(prev)
 
 
 @njit(**NJIT_PARALLEL)
@@ -127,6 +130,7 @@ def depthwise_conv_f32(y, x, w, bias, act_min, act_max, stride, pad):
         raise ValueError("depthwise_conv_f32: inconsistent shapes")
     lo = np.float32(act_min)
     hi = np.float32(act_max)
+    prev = threads_for(y.size * w.shape[0] * w.shape[1])
     for r in prange(N * OH):
         n = r // OH
         oy = r - n * OH
@@ -152,3 +156,4 @@ def depthwise_conv_f32(y, x, w, bias, act_min, act_max, stride, pad):
                 if acc > hi:
                     acc = hi
                 y[n, oy, ox, c] = acc
+    threads_restore(prev)

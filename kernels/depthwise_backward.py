@@ -12,6 +12,7 @@ from numba import njit, prange
 from microtrain.config import NJIT_PARALLEL
 
 from .scratch import PARALLEL_CHUNKS, SCRATCH_ACC, chunk_bounds, scratch_acc_like
+from .threads import threads_for, threads_restore
 
 
 @njit(**NJIT_PARALLEL)
@@ -37,6 +38,7 @@ def depthwise_conv_f32_backward_input(dx, dy, w, stride, pad):
     if (dy.shape[0] != N or dy.shape[3] != C or w.shape[2] != C or stride < 1
             or OH != (H + 2 * pad - KH) // stride + 1 or OW != (W + 2 * pad - KW) // stride + 1):
         raise ValueError("depthwise_conv_f32_backward_input: inconsistent shapes")
+    prev = threads_for(dy.size * w.shape[0] * w.shape[1])
     for r in prange(N * H):
         n = r // H
         iy = r - n * H
@@ -59,6 +61,7 @@ def depthwise_conv_f32_backward_input(dx, dy, w, stride, pad):
                         continue
                     for c in range(C):
                         dx[n, iy, ix, c] += w[ky, kx, c] * dy[n, oy, ox, c]
+    threads_restore(prev)
 
 
 @njit(**NJIT_PARALLEL)
@@ -108,6 +111,7 @@ def depthwise_conv_f32_backward_weight(dw, x_kept, x_zp, dy, keep, stride, pad):
     # whatever the thread count or chunking.
     total = KH * KW * K
     chunks = max(1, min(PARALLEL_CHUNKS, total))
+    prev = threads_for(dy.size * dw.shape[0] * dw.shape[1])
     for t in prange(chunks):
         acc = scratch_acc_like(dw)
         a0, a1 = chunk_bounds(total, chunks, t)
@@ -150,3 +154,4 @@ def depthwise_conv_f32_backward_weight(dw, x_kept, x_zp, dy, keep, stride, pad):
                 tap = e // K
                 ky = tap // KW
                 dw[ky, tap - ky * KW, e - tap * K] = acc[e - e0]
+    threads_restore(prev)

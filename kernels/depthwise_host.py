@@ -34,6 +34,7 @@ from .gemm_io import requant_f64_params, requant_row_f64
 from .mask import mask_check, mask_pack_row
 from .scratch import (PARALLEL_CHUNKS, SCRATCH_ACC, SCRATCH_W8, SCRATCH_WF, chunk_bounds, scratch_acc_i32,
                       scratch_w_f32, scratch_w_i8)
+from .threads import threads_for, threads_restore
 
 
 @njit(**NJIT)
@@ -103,6 +104,7 @@ def depthwise_conv_s8_host(y, mask, x, w, bias, rq, mult, shift, x_zp, y_zp, act
     xf = x.reshape(N * H * W * C)  # a view: the tiled path addresses whole input rows
     rows = N * OH
     chunks = min(PARALLEL_CHUNKS, rows)
+    prev = threads_for(y.size * w.shape[0] * w.shape[1])
     for t in prange(chunks):
         acc = scratch_acc_i32()  # (SCRATCH_ACC,) the row's int32 sums, element ox * C + c
         wt = scratch_w_i8()  # (SCRATCH_W8,) row-wise weights [0, f0), then the row's in-range flags [f0, f0 + L)
@@ -148,6 +150,7 @@ def depthwise_conv_s8_host(y, mask, x, w, bias, rq, mult, shift, x_zp, y_zp, act
                             act_max)
             if write_mask:
                 mask_pack_row(mask, r, flag, L)
+    threads_restore(prev)
 
 
 # ---- fp32, stride 1: the training step's float depthwise forward and input gradient ----------------------------
@@ -195,6 +198,7 @@ def depthwise_conv_f32_host(y, x, w, bias, act_min, act_max, pad):
     xf = x.reshape(N * H * W * C)
     rows = N * OH
     chunks = min(PARALLEL_CHUNKS, rows)
+    prev = threads_for(y.size * w.shape[0] * w.shape[1])
     for t in prange(chunks):
         wt = scratch_w_f32()
         tile_taps(wt, w, S)
@@ -232,6 +236,7 @@ def depthwise_conv_f32_host(y, x, w, bias, act_min, act_max, pad):
                     if v > hi:
                         v = hi
                     y_s[c] = v
+    threads_restore(prev)
 
 
 @njit(**NJIT_PARALLEL)
@@ -263,6 +268,7 @@ def depthwise_conv_f32_backward_input_host(dx, dy, w, pad):
     gf = dy.reshape(N * OH * OW * C)
     rows = N * H
     chunks = min(PARALLEL_CHUNKS, rows)
+    prev = threads_for(dy.size * w.shape[0] * w.shape[1])
     for t in prange(chunks):
         wt = scratch_w_f32()
         tile_taps(wt, w, S)  # int8 weights: exact in float32
@@ -291,3 +297,4 @@ def depthwise_conv_f32_backward_input_host(dx, dy, w, pad):
                         g_s = gf[grow + (ix0 + pad - kx) * C:grow + (ix1 + pad - kx) * C]
                         for j in range(x_s.shape[0]):
                             x_s[j] += w_s[j] * g_s[j]
+    threads_restore(prev)

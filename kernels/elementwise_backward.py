@@ -26,6 +26,7 @@ from numba import njit, prange
 from microtrain.config import NJIT, NJIT_PARALLEL
 
 from .mask import mask_flush_row, mask_put_bit
+from .threads import threads_for, threads_restore
 
 
 @njit(**NJIT)
@@ -108,6 +109,7 @@ def mask_pack_f32(mask, y, lo, hi):
         raise ValueError("mask_pack_f32: mask must have shape (N * H, ceil(W * C / 8))")
     lo_t = y.dtype.type(lo)
     hi_t = y.dtype.type(hi)
+    prev = threads_for(y.size)
     for r in prange(N * H):  # image rows start on a byte: rows in parallel never share one
         n = r // H
         h = r - n * H
@@ -119,6 +121,7 @@ def mask_pack_f32(mask, y, lo, hi):
                 byte = mask_put_bit(mask, r, j, byte, v > lo_t and v < hi_t)
                 j += 1
         mask_flush_row(mask, r, j, byte)
+    threads_restore(prev)
 
 
 @njit(**NJIT_PARALLEL)
@@ -136,6 +139,7 @@ def mask_unpack_backward_f32(dx, dy, mask):
     if (dy.shape[0] != N or dy.shape[1] != H or dy.shape[2] != W or dy.shape[3] != C
             or mask.shape[0] != N * H or mask.shape[1] != (W * C + 7) // 8):
         raise ValueError("mask_unpack_backward_f32: inconsistent shapes")
+    prev = threads_for(dy.size)
     for r in prange(N * H):  # rows in parallel: disjoint elements of dx (in place: each reads only its own dy)
         n = r // H
         h = r - n * H
@@ -147,3 +151,4 @@ def mask_unpack_backward_f32(dx, dy, mask):
                 else:
                     dx[n, h, w, c] = 0
                 j += 1
+    threads_restore(prev)

@@ -16,6 +16,7 @@ from numba import njit, prange
 from microtrain.config import NJIT, NJIT_PARALLEL
 
 from .scratch import PARALLEL_CHUNKS, SCRATCH_ACC, chunk_bounds, scratch_acc_f32
+from .threads import threads_for, threads_restore
 
 
 @njit(**NJIT)
@@ -51,6 +52,7 @@ def bias_add_clamp_f32(y, bias, lo, hi):
     chunks = min(PARALLEL_CHUNKS, P)
     lo32 = np.float32(lo)
     hi32 = np.float32(hi)
+    prev = threads_for(y.size)
     for t in prange(chunks):
         bt = scratch_acc_f32()  # (SCRATCH_ACC,) bt[q * CO + co] = bias[co]
         p0, p1 = chunk_bounds(P, chunks, t)
@@ -69,3 +71,4 @@ def bias_add_clamp_f32(y, bias, lo, hi):
                 y_s = yf[p * CO:p * CO + CO]
                 for co in range(CO):
                     y_s[co] = _clamp(y_s[co] + bias[co], lo32, hi32)
+    threads_restore(prev)

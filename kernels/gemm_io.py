@@ -39,6 +39,7 @@ from microtrain.config import NJIT, NJIT_PARALLEL
 from .mask import mask_check, mask_flush_row, mask_pack_row, mask_put_bit
 from .requant import INT32_MIN, clamp, mbqm
 from .scratch import SCRATCH_W8, scratch_w_i8
+from .threads import threads_for, threads_restore
 
 
 F32_EXACT_INT = 1 << 24  # every integer of magnitude <= 2^24 is a float32
@@ -63,9 +64,11 @@ def widen_s8_f32(xf, x, x_zp):
     if x.shape[0] != P or x.shape[1] != C:
         raise ValueError("widen_s8_f32: inconsistent shapes")
     z = np.int32(x_zp)
+    prev = threads_for(xf.size)
     for p in prange(P):
         for c in range(C):
             xf[p, c] = np.float32(np.int32(x[p, c]) - z)
+    threads_restore(prev)
 
 
 @njit(**NJIT_PARALLEL)
@@ -87,6 +90,7 @@ def im2col_f32(cols, x, x_zp, kh, kw, stride, pad):
     if cols.shape[0] != N * OH * OW or cols.shape[1] != kh * kw * CI:
         raise ValueError("im2col_f32: inconsistent shapes")
     z = np.float32(x_zp)
+    prev = threads_for(cols.size)
     for r in prange(N * OH):
         n = r // OH
         oy = r - n * OH
@@ -103,6 +107,7 @@ def im2col_f32(cols, x, x_zp, kh, kw, stride, pad):
                     else:
                         for ci in range(CI):
                             cols[p, c0 + ci] = np.float32(x[n, iy, ix, ci]) - z
+    threads_restore(prev)
 
 
 def requant_f64_params(mult, shift):
@@ -193,6 +198,7 @@ def requantize_acc_f32_s8(y, acc, bias, rq, mult, shift, y_zp, act_min, act_max)
         raise ValueError("requantize_acc_f32_s8: inconsistent shapes")
     yz = np.int64(y_zp)
     fz, flo, fhi = np.float64(y_zp), np.float64(act_min), np.float64(act_max)
+    prev = threads_for(y.size)
     for p in prange(P):
         far = False
         for co in range(CO):  # vectorised: float64 lanes, no branch
@@ -204,6 +210,7 @@ def requantize_acc_f32_s8(y, acc, bias, rq, mult, shift, y_zp, act_min, act_max)
             for co in range(CO):
                 y[p, co] = np.int8(clamp(_requant_int(acc[p, co], bias[co], mult[co], shift[co], yz), act_min,
                                          act_max))
+    threads_restore(prev)
 
 
 @njit(**NJIT_PARALLEL)
@@ -229,6 +236,7 @@ def requantize_acc_f32_s8_mask(y, mask, acc, bias, rq, mult, shift, y_zp, act_mi
     write_mask = mask_check(mask, N * H, W, CO)
     yz = np.int64(y_zp)
     L = W * CO
+    prev = threads_for(y.size)
     for r in prange(N * H):
         n = r // H
         h = r - n * H
@@ -247,3 +255,4 @@ def requantize_acc_f32_s8_mask(y, mask, acc, bias, rq, mult, shift, y_zp, act_mi
                         byte = mask_put_bit(mask, r, ox * CO + co, byte, v >= act_min and v <= act_max)
             if write_mask:
                 mask_flush_row(mask, r, L, byte)
+    threads_restore(prev)

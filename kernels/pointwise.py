@@ -13,6 +13,7 @@ from microtrain.config import NJIT_PARALLEL
 from .mask import mask_check, mask_or_bit, mask_zero_row
 from .requant import INT32_MIN, clamp, mbqm
 from .scratch import PARALLEL_CHUNKS, SCRATCH_ACC, SCRATCH_W8, chunk_bounds, scratch_acc_i32, scratch_w_i8
+from .threads import threads_for, threads_restore
 
 
 @njit(**NJIT_PARALLEL)
@@ -59,6 +60,7 @@ def pointwise_conv_s8(y, mask, x, w, bias, mult, shift, x_zp, y_zp, act_min, act
     CB = min(CO, SCRATCH_ACC, SCRATCH_W8 // CI)  # output channels per block: acc row and transposed weight tile
     rows = N * H
     chunks = min(PARALLEL_CHUNKS, rows)
+    prev = threads_for(y.size * w.shape[1])
     for t in prange(chunks):
         acc = scratch_acc_i32()  # per-thread stack scratch (kernels/scratch.py)
         wt = scratch_w_i8()
@@ -91,6 +93,7 @@ def pointwise_conv_s8(y, mask, x, w, bias, mult, shift, x_zp, y_zp, act_min, act
                     if write_mask:  # a separate loop, so the one above stays branch-free in inference
                         for k in range(cb):
                             mask_or_bit(mask, r, ox * CO + co0 + k, acc[k] != 0)
+    threads_restore(prev)
 
 
 @njit(**NJIT_PARALLEL)
@@ -115,6 +118,7 @@ def pointwise_conv_f32(y, x, w, bias, act_min, act_max):
         raise ValueError("pointwise_conv_f32: inconsistent shapes")
     lo = np.float32(act_min)
     hi = np.float32(act_max)
+    prev = threads_for(y.size * w.shape[1])
     for r in prange(N * H):
         n = r // H
         oy = r - n * H
@@ -129,3 +133,4 @@ def pointwise_conv_f32(y, x, w, bias, act_min, act_max):
                 if acc > hi:
                     acc = hi
                 y[n, oy, ox, co] = acc
+    threads_restore(prev)

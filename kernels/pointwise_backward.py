@@ -10,6 +10,8 @@ from numba import njit, prange
 
 from microtrain.config import NJIT_PARALLEL
 
+from .threads import threads_for, threads_restore
+
 
 @njit(**NJIT_PARALLEL)
 def pointwise_conv_f32_backward_input(dx, dy, w):
@@ -30,6 +32,7 @@ def pointwise_conv_f32_backward_input(dx, dy, w):
     if (dy.shape[0] != N or dy.shape[1] != H or dy.shape[2] != W
             or w.shape[0] != CO or w.shape[1] != CI):
         raise ValueError("pointwise_conv_f32_backward_input: inconsistent shapes")
+    prev = threads_for(dx.size * w.shape[0])
     for r in prange(N * H):
         n = r // H
         h = r - n * H
@@ -40,6 +43,7 @@ def pointwise_conv_f32_backward_input(dx, dy, w):
                 g = dy[n, h, x, co]
                 for ci in range(CI):
                     dx[n, h, x, ci] += w[co, ci] * g
+    threads_restore(prev)
 
 
 @njit(**NJIT_PARALLEL)
@@ -74,6 +78,7 @@ def pointwise_conv_f32_backward_weight(dw, x, x_zp, dy, keep_out):
     for k in range(K):
         if keep_out[k] < 0 or keep_out[k] >= CO:
             raise ValueError("pointwise_conv_f32_backward_weight: keep_out index out of range")
+    prev = threads_for(dy.size * x.shape[3])
     for k in prange(K):
         co = keep_out[k]
         for ci in range(CI):
@@ -84,3 +89,4 @@ def pointwise_conv_f32_backward_weight(dw, x, x_zp, dy, keep_out):
                     g = dy[n, h, px, co]
                     for ci in range(CI):
                         dw[k, ci] += (x[n, h, px, ci] - xz) * g
+    threads_restore(prev)

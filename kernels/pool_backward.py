@@ -9,6 +9,8 @@ from numba import njit, prange
 
 from microtrain.config import NJIT, NJIT_PARALLEL
 
+from .threads import threads_for, threads_restore
+
 
 @njit(**NJIT)
 def global_mean_f32_backward(dx, dy):
@@ -52,6 +54,7 @@ def avgpool_f32_backward(dx, dy, kh, kw, stride, pad):
     if (dy.shape[0] != N or dy.shape[3] != C or pad >= kh or pad >= kw or stride < 1
             or OH != (H + 2 * pad - kh) // stride + 1 or OW != (W + 2 * pad - kw) // stride + 1):
         raise ValueError("avgpool_f32_backward: inconsistent shapes, or pad >= kernel size")
+    prev = threads_for(dx.size)
     for r in prange(N * H):
         n = r // H
         iy = r - n * H
@@ -78,3 +81,4 @@ def avgpool_f32_backward(dx, dy, kh, kw, stride, pad):
                     count = dx.dtype.type(count_y * (min(kw, W - x0) - max(0, -x0)))
                     for c in range(C):
                         dx[n, iy, ix, c] += dy[n, oy, ox, c] / count
+    threads_restore(prev)

@@ -102,3 +102,78 @@ def test_importing_starts_no_thread_so_a_fork_before_any_kernel_is_safe():
     r = subprocess.run([sys.executable, "-c", FORK], env=env, capture_output=True, text=True, cwd="/")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "0", r.stderr
+
+
+# ---- kernels/threads.py: small kernels stay on the calling thread ------------------------------------------------
+
+def _probe_kernel():
+    import numba
+    from numba import njit, prange
+
+    from microtrain.kernels.threads import threads_for, threads_restore
+
+    @njit(parallel=True)
+    def probe(ids, work):  # which thread ran each iteration, bracketed like every microtrain kernel
+        prev = threads_for(work)
+        for i in prange(ids.shape[0]):
+            ids[i] = numba.get_thread_id()
+        threads_restore(prev)
+    return probe
+
+
+def _two_threads():
+    import numba
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs NUMBA_NUM_THREADS >= 2")
+    numba.set_num_threads(2)
+    return numba
+
+
+def test_small_work_runs_on_the_calling_thread_and_large_work_on_all():
+    import numpy as np
+
+    from microtrain.kernels.threads import SERIAL_WORK
+    numba = _two_threads()
+    probe = _probe_kernel()
+    ids = np.full(1000, -1, np.int64)
+    probe(ids, SERIAL_WORK - 1)
+    assert set(ids.tolist()) == {0}
+    assert numba.get_num_threads() == 2  # restored
+    probe(ids, SERIAL_WORK)
+    assert set(ids.tolist()) == {0, 1}  # static schedule: each thread takes a block of iterations
+    assert numba.get_num_threads() == 2
+
+
+def test_kernels_leave_the_callers_width_as_it_was():
+    import numpy as np
+
+    from microtrain.kernels.gemm_io import widen_s8_f32
+    from microtrain.kernels.threads import SERIAL_WORK
+    numba = _two_threads()
+    for width in (2, 1):  # a caller that asked for one thread keeps it, even for large work
+        numba.set_num_threads(width)
+        for p in (3, SERIAL_WORK // 4 + 1):
+            x = np.ones((p, 4), np.int8)
+            xf = np.empty((p, 4), np.float32)
+            widen_s8_f32(xf, x, 1)
+            assert numba.get_num_threads() == width and not xf.any()
+    numba.set_num_threads(2)
+
+
+WARM = """
+import numba
+from microtrain.kernels.threads import threads_for, threads_restore
+prev = threads_for(10)  # before any parallel kernel ran in this process: the layer's symbols must be there
+print(prev, numba.get_num_threads())
+threads_restore(prev)
+print(numba.get_num_threads())
+"""
+
+
+def test_threads_for_works_from_the_cache_in_a_fresh_process(tmp_path):
+    _two_threads()
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), NUMBA_NUM_THREADS="2")
+    for run in ("cold", "warm"):  # the second process loads threads_for from tmp_path's cache
+        r = subprocess.run([sys.executable, "-c", WARM], env=env, capture_output=True, text=True, cwd="/")
+        assert r.returncode == 0, (run, r.returncode, r.stderr)
+        assert r.stdout.split() == ["2", "1", "2"], (run, r.stdout)

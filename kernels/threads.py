@@ -1,0 +1,90 @@
+"""Small kernels run on the calling thread: waking the pool costs more than their work.
+
+Every parallel kernel brackets its prange loop with
+
+    prev = threads_for(work)      # work: the loop's element operations (MACs for convs, elements otherwise)
+    for r in prange(...): ...
+    threads_restore(prev)
+
+so a call whose work is below SERIAL_WORK runs its loop on the calling thread alone (the thread-local parallel
+width Numba's set_num_threads sets: no worker is woken) and a larger one on every thread the caller allows.
+Results do not depend on the thread count (every parallel kernel has a fixed reduction order), so this changes
+time only.
+
+Why (2-thread VM, GNU OpenMP with passive waiting, microtrain.config): a parallel launch that wakes a sleeping
+worker costs ~100 us (an empty prange kernel: median 98 us with 2 threads, 1.7 us with 1), while at batch 1 most
+kernels do 1-50 us of work. MCUNet's int8 inference at b1 went 3.9-4.7 ms -> 2.8-3.2 ms with the bound at 2^16
+elements of the largest array (all three models alike; b25 unchanged within this VM's noise). SERIAL_WORK = 2^17
+element operations is ~40-130 us of serial work at 0.3-1 ns each, about what one wake-up costs here; on a machine
+with faster wake-ups a lower bound would pay more, a higher one would lose at most a wake-up's worth per call.
+Firmware runs single-threaded: its C twins have no counterpart of this.
+
+The width is read and set through the threading layer's C entry points `get_num_threads` / `set_num_threads` (the
+symbols Numba's own parfor lowering calls), not numba.get_num_threads / set_num_threads inside the kernels: those
+go through ctypes pointers, which Numba cannot cache.
+"""
+
+import numba
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils, config
+from numba.extending import intrinsic
+from numba.core.typed_passes import _reload_parfors
+from numba.np.ufunc.parallel import _launch_threads
+
+from microtrain.config import NJIT
+
+SERIAL_WORK = 1 << 17  # element operations below which a kernel's loop stays on the calling thread
+
+
+def _needs_layer(context):
+    """The threading layer's symbols must be registered with LLVM before this code links against them: launch it
+    now (compiling), and when the code is loaded from Numba's cache (what Numba does for a prange kernel's
+    library), else a warm process calling threads_for before any parallel kernel would jump to an unresolved
+    symbol."""
+    _launch_threads()
+    context.active_code_library._reload_init.add(_reload_parfors)
+
+
+@intrinsic
+def _get_width(typingctx):
+    def codegen(context, builder, signature, args):
+        _needs_layer(context)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []), "get_num_threads")
+        return builder.sext(builder.call(fn, []), ir.IntType(64))
+    return types.int64(), codegen
+
+
+@intrinsic
+def _set_width(typingctx, n):
+    def codegen(context, builder, signature, args):
+        _needs_layer(context)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [ir.IntType(32)]),
+                                            "set_num_threads")
+        builder.call(fn, [builder.trunc(args[0], ir.IntType(32))])
+        return context.get_dummy_value()
+    return types.void(types.int64), codegen
+
+
+if config.DISABLE_JIT:
+    def threads_for(work):
+        """Pure Python (NUMBA_DISABLE_JIT): prange is range, there is no width to set."""
+        return 0
+
+    def threads_restore(prev):
+        """Pure Python: nothing to restore."""
+else:
+    @njit(**NJIT)
+    def threads_for(work):
+        """Set this thread's parallel width for the following prange loop: 1 if work < SERIAL_WORK, else unchanged.
+        Returns the width to restore with threads_restore."""
+        prev = _get_width()
+        if work < SERIAL_WORK and prev > 1:
+            _set_width(1)
+        return prev
+
+    @njit(**NJIT)
+    def threads_restore(prev):
+        """Restore the width threads_for returned (after the prange loop)."""
+        if _get_width() != prev:
+            _set_width(prev)
