@@ -61,7 +61,7 @@ def _choose_threading_layer():
         numba.config.THREADING_LAYER = "workqueue"
         why = "an OpenMP runtime was already loaded" if loaded else "cannot see the loaded libraries"
         return f"workqueue ({why})"
-    ours = "OMP_WAIT_POLICY" not in os.environ
+    ours = not os.environ.get("OMP_WAIT_POLICY")  # unset or empty (libgomp would reject an empty value)
     if ours:
         os.environ["OMP_WAIT_POLICY"] = "passive"
     try:

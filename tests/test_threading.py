@@ -71,6 +71,14 @@ def test_a_wait_policy_set_by_the_user_is_kept():
 
 
 @pytest.mark.skipif(not LINUX, reason="Linux only (see above)")
+def test_an_empty_wait_policy_counts_as_unset():
+    if not _omppool_loads():
+        pytest.skip("Numba's OpenMP pool does not load on this machine")
+    got = _probe({"OMP_WAIT_POLICY": ""})  # libgomp rejects an empty value; passive replaces it
+    assert got == {"threading": "omp (OMP_WAIT_POLICY=passive)", "layer": "omp", "policy": "passive"}
+
+
+@pytest.mark.skipif(not LINUX, reason="Linux only (see above)")
 def test_openmp_already_loaded_falls_back_to_workqueue():
     gomp = ctypes.util.find_library("gomp")
     if gomp is None:
