@@ -45,6 +45,7 @@ from microtrain.kernels.requant import activation_range_s8, add_multipliers, con
 from microtrain.planner import PlanBuilder
 from microtrain.sparse import LayerUpdate, SparseConfig, axis_channels, backward_macs, select_channels
 from microtrain.train import dequantized_weights
+from microtrain.train_gemm import HostGemm
 from microtrain.train_plan import MODES, TrainOptions, has_clamp, mask_shape, plan_training_step
 
 F32 = np.float32
@@ -456,8 +457,9 @@ class FisherPass:
     """A FisherPlan bound to one arena of exactly plan.peak bytes, with every kernel call prepared.
 
     Kernels: the loop kernels the device runs, except where a host kernel gives the same bits faster
-    (int8 depthwise and ADD, stride-1 depthwise input gradient: kernels/depthwise_host.py, add_host.py); the
-    arena, plan and results are the device's either way.
+    (int8 depthwise and ADD, stride-1 depthwise input gradient: kernels/depthwise_host.py, add_host.py; the int8
+    1x1 and standard convs' forward as exact float32 GEMMs, train_gemm.HostGemm, whose float32 operands are
+    host buffers outside the arena); the arena, plan and results are the device's either way.
 
     model: the int8 Model; fp: its FisherPlan; head: (W (K, C), b (K,)) float32 written into the tail.
     Calls for a shorter last chunk are bound on demand (views of the first n samples of each buffer).
@@ -468,6 +470,8 @@ class FisherPass:
         self.arena = Arena(fp.plan)
         self.flash = {}
         self.host = {}  # host-only constants of the host kernels (kernels/depthwise_host.py's rq): not device flash
+        # int8 convs' forward as exact GEMMs (same bits as the loop kernels); sized for a whole chunk
+        self._gemm = HostGemm(self.graph, fp.chunk) if fp.mode == "int8" else None
         self._calls = {}
         self._index, self._prod, _ = _topology(self.graph)
         if head is not None:
@@ -553,6 +557,9 @@ class FisherPass:
             if op.kind == "depthwise":  # the host kernel where it fits (same bits), bound as TrainStep binds it
                 return [bind_depthwise_s8(self.host, f"rq:{op.name}", y, mask, xs[0], w, b, mult, shift, xq[1],
                                           yq[1], lo, hi, *geo)]
+            gemm = self._gemm.forward_s8(op, y, mask, xs[0], w, False, b, mult, shift, xq[1], yq[1], lo, hi)
+            if gemm is not None:  # the sums are exact in float32 for these weights: same y and mask
+                return [gemm]
             fn = {"conv2d": conv2d_s8, "pointwise": pointwise_conv_s8}[op.kind]
             return [(fn, (y, mask, xs[0], w, b, mult, shift, xq[1], yq[1], lo, hi) + geo)]
         lo, hi = _f32_range(op.act)

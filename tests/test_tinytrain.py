@@ -297,8 +297,8 @@ def test_pass_allocates_no_numpy_memory(mode):
 
 @pytest.mark.parametrize("mode", ["int8", "fp32"])
 def test_host_kernels_give_the_loop_kernels_bits(mode, monkeypatch):
-    """The pass binds the host depthwise / ADD kernels where they fit; with them refused (every layer on the loop
-    kernels firmware runs) the deltas, potentials and loss are the same bits."""
+    """The pass binds the host depthwise / ADD kernels and (int8) the exact GEMM forward where they fit; with them
+    refused (every layer on the loop kernels firmware runs) the deltas, potentials and loss are the same bits."""
     import microtrain.kernels.depthwise_host as dh
     import microtrain.tinytrain as tt
 
@@ -310,11 +310,16 @@ def test_host_kernels_give_the_loop_kernels_bits(mode, monkeypatch):
     bound = {fn.__name__ for fn, _ in fwd + back}
     assert "depthwise_conv_f32_backward_input_host" in bound
     if mode == "int8":
-        assert {"depthwise_conv_s8_host", "add_s8_host"} <= bound
+        assert {"depthwise_conv_s8_host", "add_s8_host", "gemm_pointwise_s8", "gemm_conv2d_s8"} <= bound
+        assert not {"pointwise_conv_s8", "conv2d_s8"} & bound
     fast = fisher_potential(m, x, y, K, head=head, mode=mode)
     monkeypatch.setattr(dh, "depthwise_host_fits", lambda *a: False)  # read by bind_depthwise_s8
     for name in ("add_host_fits", "depthwise_f32_host_fits"):
         monkeypatch.setattr(tt, name, lambda *a: False)
+    monkeypatch.setattr(tt.HostGemm, "forward_s8", lambda *a: None)  # the loop kernels' int8 conv forward
+    if mode == "int8":
+        fwd, _, _ = FisherPass(m, fp, head=head)._bind(3)
+        assert {"pointwise_conv_s8", "conv2d_s8"} <= {fn.__name__ for fn, _ in fwd}
     loop = fisher_potential(m, x, y, K, head=head, mode=mode)
     assert loop.loss == fast.loss and set(loop.tensor_delta) == set(fast.tensor_delta)
     for t in fast.tensor_delta:
