@@ -38,7 +38,7 @@ from microtrain.config import NJIT, NJIT_PARALLEL
 
 from .mask import mask_check, mask_flush_row, mask_pack_row, mask_put_bit
 from .requant import INT32_MIN, clamp, mbqm
-from .scratch import SCRATCH_W8, scratch_w_i8
+from .scratch import PARALLEL_CHUNKS, SCRATCH_W8, chunk_bounds, scratch_w_i8
 from .threads import threads_for, threads_restore
 
 
@@ -56,18 +56,29 @@ def exact_in_f32(w, x_zp):
 def widen_s8_f32(xf, x, x_zp):
     """xf[p, c] = x[p, c] - x_zp as float32 (exact: an integer in [-255, 255]).
 
-    Layout:    xf (P, C) f32 out; x (P, C) s8 (an NHWC activation viewed as pixels x channels).
+    Layout:    xf (P, C) f32 out; x (P, C) s8 (an NHWC activation viewed as pixels x channels), both C-contiguous.
+    Method:    float32(x) - float32(x_zp), in one flat loop per thread chunk. Both forms matter for speed: the
+               integer form float32(int32(x) - x_zp) is computed in int64 by Numba's promotion, and AVX2 has no
+               packed int64 -> float conversion, so that loop ran scalar (0.9 ns per element against 0.10 ns, one
+               thread); a loop over C alone (8-16 in MCUNet's first blocks) is shorter than one vectorised iteration.
     Ownership: writes every element of xf; allocates nothing.
-    Parallel:  prange over rows; disjoint writes.
+    Parallel:  prange over one contiguous chunk of elements per thread; disjoint writes.
     """
     P, C = xf.shape
     if x.shape[0] != P or x.shape[1] != C:
         raise ValueError("widen_s8_f32: inconsistent shapes")
-    z = np.int32(x_zp)
-    prev = threads_for(xf.size)
-    for p in prange(P):
-        for c in range(C):
-            xf[p, c] = np.float32(np.int32(x[p, c]) - z)
+    n = P * C
+    src = x.reshape(n)
+    dst = xf.reshape(n)
+    z = np.float32(x_zp)
+    chunks = min(PARALLEL_CHUNKS, max(1, n))
+    prev = threads_for(n)
+    for t in prange(chunks):
+        j0, j1 = chunk_bounds(n, chunks, t)
+        s_s = src[j0:j1]
+        d_s = dst[j0:j1]
+        for j in range(d_s.shape[0]):  # flat and float: vectorised
+            d_s[j] = np.float32(s_s[j]) - z
     threads_restore(prev)
 
 

@@ -115,6 +115,17 @@ def test_exactness_bound_at_its_edge():
     assert exact_in_f32(w, 0) == ((inside + 1) * 128 <= F32_EXACT_INT)  # widest |x - 0| is 128
 
 
+@kernel_settings(40)
+@given(st.integers(0, 300), st.integers(1, 40), st.integers(-128, 127), st.integers(0, 2 ** 32 - 1))
+def test_widen_equals_int64_subtraction(rows, cols, x_zp, seed):
+    """xf = x - x_zp exactly, every element written (odd sizes: the flat chunks' edges), x's extremes included."""
+    x = np.random.default_rng(seed).integers(-128, 128, (rows, cols)).astype(np.int8)
+    x.reshape(-1)[:2] = (-128, 127)[:x.size]
+    xf = np.full((rows, cols), np.nan, np.float32)
+    widen_s8_f32(xf, x, x_zp)
+    assert np.array_equal(xf, (x.astype(np.int64) - x_zp).astype(np.float32))
+
+
 def test_gemm_ends_reject_inconsistent_shapes():
     with pytest.raises(ValueError):
         widen_s8_f32(np.zeros((3, 4), np.float32), np.zeros((3, 5), np.int8), 0)
