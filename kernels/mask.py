@@ -16,6 +16,7 @@ A mask with shape[0] == 0 (`NO_MASK`) tells a forward kernel not to write one (i
 
 import numpy as np
 from numba import njit
+from numba.core import config
 
 from microtrain.config import NJIT
 
@@ -89,20 +90,45 @@ def mask_or_bit(mask, r, j, bit):
         mask[r, j >> 3] |= np.uint8(1 << (j & 7))
 
 
-@njit(**NJIT)
-def mask_pack_row(mask, r, flag, n):
-    """Write row r of the mask from n in-range flags: bit j = flag[j] (each 0 or 1), j < n; the unused high bits of
-    the last byte are 0. flag: int8 (>= n,), e.g. a kernel's per-thread stack row. For kernels that first compute a
-    row's flags in a branch-free (vectorised) loop, then pack them."""
-    full = n >> 3
-    for b in range(full):
-        f = flag[b << 3:(b << 3) + 8]
-        byte = 0
-        for i in range(8):
-            byte |= np.int64(f[i]) << i
-        mask[r, b] = np.uint8(byte)
-    if n & 7:
-        byte = 0
-        for j in range(full << 3, n):
-            byte |= np.int64(flag[j]) << (j & 7)
-        mask[r, full] = np.uint8(byte)
+# Eight 0/1 flag bytes read as one little-endian uint64 u = sum_i f_i << 8i, times this constant: bits 56-63 of
+# the (wrapping) product are sum_i f_i << i, the mask byte (bit i = flag i): the partial product of flag i and
+# the constant's byte 7 - i lands on bit 56 + i, and no two partial products share a bit below 64, so nothing
+# carries into the top byte (tests/test_grad_kernels.py checks all 256 patterns).
+PACK8 = np.uint64(0x0102040810204080)
+
+
+def _mask_pack_tail(mask, r, flag, full, n):
+    byte = 0
+    for j in range(full << 3, n):
+        byte |= np.int64(flag[j]) << (j & 7)
+    mask[r, full] = np.uint8(byte)
+
+
+_mask_pack_tail = njit(**NJIT)(_mask_pack_tail)
+
+if config.DISABLE_JIT:
+    def mask_pack_row(mask, r, flag, n):
+        """Pure Python (NUMBA_DISABLE_JIT): the same bytes as the jitted version below, bit by bit (NumPy warns on
+        the wrapping uint64 product the jitted version relies on)."""
+        full = n >> 3
+        for b in range(full):
+            byte = 0
+            for i in range(8):
+                byte |= int(flag[(b << 3) + i]) << i
+            mask[r, b] = np.uint8(byte)
+        if n & 7:
+            _mask_pack_tail(mask, r, flag, full, n)
+else:
+    @njit(**NJIT)
+    def mask_pack_row(mask, r, flag, n):
+        """Write row r of the mask from n in-range flags: bit j = flag[j] (each 0 or 1), j < n; the unused high bits
+        of the last byte are 0. flag: int8 (>= n,), e.g. a kernel's per-thread stack row. For kernels that first
+        compute a row's flags in a branch-free (vectorised) loop, then pack them: eight flags at a time as one
+        uint64 times PACK8 (0.074 ns per flag on one thread for rows of 2048, 0.25 ns bit by bit)."""
+        full = n >> 3
+        if full > 0:
+            words = flag[:full << 3].view(np.uint64)
+            for b in range(full):
+                mask[r, b] = np.uint8((words[b] * PACK8) >> np.uint64(56))
+        if n & 7:
+            _mask_pack_tail(mask, r, flag, full, n)

@@ -25,7 +25,7 @@ from microtrain.kernels.fully_connected_backward import (fully_connected_f32_bac
                                                          fully_connected_f32_backward_weight)
 from microtrain.kernels.gather import gather_channels
 from microtrain.kernels.loss import softmax_cross_entropy_f32
-from microtrain.kernels.mask import mask_bytes, mask_shape
+from microtrain.kernels.mask import mask_bytes, mask_pack_row, mask_shape
 from microtrain.kernels.pointwise_backward import (pointwise_conv_f32_backward_input,
                                                    pointwise_conv_f32_backward_weight)
 from microtrain.kernels.pool_backward import avgpool_f32_backward, global_mean_f32_backward
@@ -474,6 +474,20 @@ def test_mask_bit_order_and_tail():
     mask_pack_f32(mask, y, 0.0, 6.0)
     # element j -> bit j % 8 of byte j // 8; bits 3..7 of the last byte unused and 0
     assert mask.tolist() == [[0b00101101, 0b101]]
+
+
+def test_mask_pack_row_every_byte_pattern_and_tail():
+    """The packed row equals NumPy's packbits (little bit order) for all 256 patterns of eight flags, in order, and
+    for every tail length: the uint64 product of the jitted version must not carry between bits."""
+    flags = ((np.arange(256)[:, None] >> np.arange(8)) & 1).astype(np.int8).reshape(-1)  # pattern b at bytes 8b..
+    for n in (2048, 2047, 2041, 9, 8, 7, 1, 0):
+        mask = np.full((2, 257), 0xAA, np.uint8)
+        mask_pack_row(mask, 1, flags, n)
+        want = np.packbits(flags[:n].astype(np.uint8), bitorder="little")
+        np.testing.assert_array_equal(mask[1, :want.size], want, err_msg=str(n))
+        assert (mask[0] == 0xAA).all() and (mask[1, want.size:] == 0xAA).all()  # nothing else written
+        if n == 2048:
+            np.testing.assert_array_equal(mask[1, :256], np.arange(256))
 
 
 def test_mask_bounds_cast_to_float32_like_the_forward():
