@@ -7,27 +7,29 @@ C twins: mt_bias_f32_backward, mt_bias_f32_backward_2d.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from microtrain.config import NJIT, NJIT_PARALLEL
-
-from microtrain.kernels.scratch import PARALLEL_CHUNKS, chunk_bounds
-from microtrain.kernels.threads import threads_for, threads_restore
+from microtrain.config import NJIT
 
 
-@njit(**NJIT_PARALLEL)
+@njit(**NJIT)
 def bias_f32_backward(db, dy, keep):
     """db[k] = sum_{n, h, w} dy[n, h, w, keep[k]], `=` overwrite (4-D output gradient of a convolution).
 
     Forward:   y[n, h, w, c] = (...) + bias[c].
     So now:    dL/dbias[c] = sum over n, h, w of dL/dy[n, h, w, c], for c = keep[k].
-    Layout:    db (K,) out; dy (N, H, W, C) (after the activation's mask); keep (K,) int32 in [0, C).
+    Layout:    db (K,) out; dy (N, H, W, C), C-contiguous (after the activation's mask); keep (K,) int32 in [0, C).
     Reads:     dy only; nothing saved from forward.
     Exactness: one sum per k in (n, h, w) order, so a sparse keep equals the dense db at those channels bit for bit.
                The pixel loop is outside the channel loop (each pixel's row of dy is read once, in memory order, and
                the adds vectorise across k); every db[k] still adds its terms in (n, h, w) order.
+    Method:    when keep is a run of consecutive channels (every channel: full and bias-only updates) each pixel
+               adds a contiguous slice of its row; otherwise the kept channels are gathered (an unsigned index:
+               keep was checked >= 0, so the loop carries no wraparound branch and vectorises).
+    Threads:   one. The sum's order must not depend on the thread count, so threads could only split the channels,
+               and each would then stream all of dy: measured slower at 2 threads than at 1 for every MCUNet shape
+               (e.g. (25, 64, 64, 32): 0.74 vs 0.53 ms; the gather path 3.4 vs 2.3 ms).
     Ownership: writes every element of db (`=`); allocates nothing.
-    Parallel:  prange over contiguous chunks of k; each thread owns its db[k] (deterministic, any thread count).
     C twin:    mt_bias_f32_backward.
     """
     K = db.shape[0]
@@ -37,21 +39,27 @@ def bias_f32_backward(db, dy, keep):
     for k in range(K):
         if keep[k] < 0 or keep[k] >= C:
             raise ValueError("bias_f32_backward: keep index out of range")
-    chunks = min(PARALLEL_CHUNKS, K)
-    prev = threads_for(dy.size)
-    for t in prange(chunks):
-        k0, k1 = chunk_bounds(K, chunks, t)
-        d = db[k0:k1]  # this thread's channels; slices indexed from 0 and an unsigned gather index (keep was
-        kp = keep[k0:k1]  # checked >= 0 above) carry no wraparound branch, so the k loop vectorises
-        for k in range(k1 - k0):
-            d[k] = 0
-        for n in range(N):
-            for h in range(H):
-                for w in range(W):
-                    row = dy[n, h, w]
-                    for k in range(k1 - k0):
-                        d[k] += row[np.uint32(kp[k])]
-    threads_restore(prev)
+    for k in range(K):
+        db[k] = 0
+    if K == 0:
+        return
+    P = N * H * W
+    d2 = dy.reshape(P, C)
+    c0 = keep[0]
+    run = True
+    for k in range(K):
+        if keep[k] != c0 + k:
+            run = False
+    if run:
+        for p in range(P):
+            r_s = d2[p, c0:c0 + K]
+            for k in range(K):  # contiguous: vectorised
+                db[k] += r_s[k]
+    else:
+        for p in range(P):
+            row = d2[p]
+            for k in range(K):
+                db[k] += row[np.uint32(keep[k])]
 
 
 @njit(**NJIT)

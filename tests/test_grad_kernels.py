@@ -127,6 +127,11 @@ def check_conv2d(n, h, w, ci, co, k, stride, pad, seed):
     db_s = nans(len(keep_out), np.float32)
     bias_f32_backward(db_s, dy32, keep_out)
     np.testing.assert_array_equal(db_s, db32[keep_out])
+    c0 = int(rng.integers(0, co))  # a run of consecutive channels not starting at 0: the slice path
+    run = np.arange(c0, co, dtype=np.int32)
+    db_r = nans(len(run), np.float32)
+    bias_f32_backward(db_r, dy32, run)
+    np.testing.assert_array_equal(db_r, db32[run])
     return dx32
 
 
