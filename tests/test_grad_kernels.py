@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from microtrain.kernels.bias_backward import bias_f32_backward, bias_f32_backward_2d
+from microtrain.kernels.clamp_backward import clamp_f32_backward, f32_open_bounds
 from microtrain.kernels.conv2d_backward import conv2d_f32_backward_input, conv2d_f32_backward_weight
 from microtrain.kernels.depthwise_backward import (depthwise_conv_f32_backward_input,
                                                    depthwise_conv_f32_backward_weight)
@@ -479,6 +480,47 @@ def test_mask_bit_order_and_tail():
     mask_pack_f32(mask, y, 0.0, 6.0)
     # element j -> bit j % 8 of byte j // 8; bits 3..7 of the last byte unused and 0
     assert mask.tolist() == [[0b00101101, 0b101]]
+
+
+BOUNDS = [0.0, 6.0, 0.1, -0.1, 5.999999999, 1e-50, -1e-50, 1e300, -1e300, np.inf, -np.inf, np.nan,
+          float(np.float32(0.1)), float(np.nextafter(np.float32(6), np.float32(7)))]
+
+
+def _near(bounds):
+    """Every bound's float32 rounding and both its float32 neighbours, with a few ordinary values."""
+    near = []
+    for b in bounds:
+        with np.errstate(over="ignore"):
+            f = np.float32(b)  # may overflow to inf: a neighbour like any other
+        near += [f, np.nextafter(f, np.float32(-np.inf)), np.nextafter(f, np.float32(np.inf))]
+    return np.array(near + [0.0, -0.0, 3.0, -2.0, 7.0, np.inf, -np.inf, np.nan], np.float32)
+
+
+@pytest.mark.parametrize("lo", BOUNDS)
+def test_clamp_backward_compares_like_float64(lo):
+    """dx = dy exactly where float64(y) lies in (lo, hi) (the C twin's double comparison), for every pair of
+    bounds: not float32 values, beyond float32's range, infinite or NaN; y at every bound's float32 neighbours
+    (rows of 5 * 11 elements: a vectorised body and a remainder)."""
+    rng = np.random.default_rng(3)
+    pool = _near(BOUNDS)
+    for hi in BOUNDS:
+        y = rng.choice(pool, (2, 3, 5, 11)).astype(np.float32)
+        y.reshape(-1)[:pool.size] = pool  # each value at least once
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        dx = np.full_like(dy, np.nan)
+        clamp_f32_backward(dx, dy, y, lo, hi)
+        y64 = y.astype(np.float64)
+        want = np.where((y64 > lo) & (y64 < hi), dy, np.float32(0.0))
+        assert dx.tobytes() == want.tobytes(), (lo, hi)
+        clamp_f32_backward(dy, dy, y, lo, hi)  # in place, as the training step calls it
+        assert dy.tobytes() == want.tobytes(), (lo, hi)
+
+
+def test_f32_open_bounds_round_outward():
+    with np.errstate(over="ignore"):
+        assert f32_open_bounds(0.1, 0.1) == (np.nextafter(np.float32(0.1), np.float32(0)), np.float32(0.1))
+        assert f32_open_bounds(0.0, 6.0) == (0.0, 6.0)
+        assert f32_open_bounds(-1e300, 1e300) == (-np.inf, np.inf)
 
 
 def test_mask_pack_row_every_byte_pattern_and_tail():
