@@ -97,14 +97,13 @@ def mask_or_bit(mask, r, j, bit):
 PACK8 = np.uint64(0x0102040810204080)
 
 
+@njit(**NJIT)
 def _mask_pack_tail(mask, r, flag, full, n):
+    """The last, partial byte of row r: flags full * 8 .. n - 1, bit by bit."""
     byte = 0
     for j in range(full << 3, n):
         byte |= np.int64(flag[j]) << (j & 7)
     mask[r, full] = np.uint8(byte)
-
-
-_mask_pack_tail = njit(**NJIT)(_mask_pack_tail)
 
 if config.DISABLE_JIT:
     def mask_pack_row(mask, r, flag, n):

@@ -24,12 +24,11 @@ symbols Numba's own parfor lowering calls), not numba.get_num_threads / set_num_
 go through ctypes pointers, which Numba cannot cache.
 """
 
-import numba
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils, config
+from numba.core.typed_passes import _reload_parfors  # Numba internals (0.68): the two hooks its parfors use
 from numba.extending import intrinsic
-from numba.core.typed_passes import _reload_parfors
 from numba.np.ufunc.parallel import _launch_threads
 
 from microtrain.config import NJIT
