@@ -25,10 +25,9 @@ from microtrain.kernels.add_host import add_host_fits, add_s8_host
 from microtrain.kernels.clamp_backward import clamp_f32_backward
 from microtrain.kernels.conv2d import conv2d_f32, conv2d_s8
 from microtrain.kernels.conv2d_backward import conv2d_f32_backward_input
-from microtrain.kernels.depthwise import depthwise_conv_f32
+from microtrain.kernels.depthwise import depthwise_conv_f32, depthwise_conv_s8
 from microtrain.kernels.depthwise_backward import depthwise_conv_f32_backward_input
-from microtrain.kernels.depthwise_host import (bind_depthwise_s8, depthwise_conv_f32_backward_input_host,
-                                              depthwise_f32_host_fits)
+from microtrain.kernels.depthwise_host import depthwise_conv_f32_backward_input_host, depthwise_f32_host_fits
 from microtrain.kernels.elementwise_backward import (accumulate_f32, mask_unpack_backward_f32, scale_channels_f32,
                                                      scale_f32)
 from microtrain.kernels.fisher import channel_fisher_f32
@@ -469,8 +468,8 @@ class FisherPass:
         self.model, self.fp, self.graph = model, fp, fp.graph
         self.arena = Arena(fp.plan)
         self.flash = {}
-        self.host = {}  # host-only constants of the host kernels (kernels/depthwise_host.py's rq): not device flash
-        # int8 convs' forward as exact GEMMs (same bits as the loop kernels); sized for a whole chunk
+        # int8 convs' forward on the host kernels TrainStep's blas backend binds (exact GEMMs, the host depthwise;
+        # same bits as the loop kernels), their float32 operands and constants in host buffers sized for a chunk
         self._gemm = HostGemm(self.graph, fp.chunk) if fp.mode == "int8" else None
         self._calls = {}
         self._index, self._prod, _ = _topology(self.graph)
@@ -554,13 +553,10 @@ class FisherPass:
                 self.flash[key], self.flash[f"shift:{op.name}"] = read_only(mult), read_only(shift)
             lo, hi = activation_range_s8(op.act, *yq)
             mult, shift = self.flash[key], self.flash[f"shift:{op.name}"]
-            if op.kind == "depthwise":  # the host kernel where it fits (same bits), bound as TrainStep binds it
-                return [bind_depthwise_s8(self.host, f"rq:{op.name}", y, mask, xs[0], w, b, mult, shift, xq[1],
-                                          yq[1], lo, hi, *geo)]
-            gemm = self._gemm.forward_s8(op, y, mask, xs[0], w, False, b, mult, shift, xq[1], yq[1], lo, hi)
-            if gemm is not None:  # the sums are exact in float32 for these weights: same y and mask
-                return [gemm]
-            fn = {"conv2d": conv2d_s8, "pointwise": pointwise_conv_s8}[op.kind]
+            host = self._gemm.forward_s8(op, y, mask, xs[0], w, False, b, mult, shift, xq[1], yq[1], lo, hi)
+            if host is not None:  # same y and mask as the loop kernel, bound as TrainStep binds it
+                return [host]
+            fn = {"conv2d": conv2d_s8, "depthwise": depthwise_conv_s8, "pointwise": pointwise_conv_s8}[op.kind]
             return [(fn, (y, mask, xs[0], w, b, mult, shift, xq[1], yq[1], lo, hi) + geo)]
         lo, hi = _f32_range(op.act)
         fn = {"conv2d": conv2d_f32, "depthwise": depthwise_conv_f32, "pointwise": pointwise_conv_f32}[op.kind]

@@ -113,7 +113,9 @@ class HostGemm:
         w_src, wf = self._int8_weight(op, w, trainable)
         xf = self._a[:P * k].reshape(P, k)
         acc = self._b[:P * op.cout].reshape(P, op.cout)
-        rq = self._rq[op.name] = read_only(requant_f64_params(mult, shift))  # (3, Co) f64, fixed like mult, shift
+        if op.name not in self._rq:  # (3, Co) f64, fixed like mult, shift: once per layer, however often bound
+            self._rq[op.name] = read_only(requant_f64_params(mult, shift))
+        rq = self._rq[op.name]
         tail = (w_src, wf, acc, acc.reshape(y.shape), bias, rq, mult, shift, x_zp, y_zp, lo, hi)
         if op.kind == "conv2d":
             return gemm_conv2d_s8, (y, mask, read_only(x), xf) + tail + (op.kernel, op.stride, op.pad)
