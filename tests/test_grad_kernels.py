@@ -992,6 +992,8 @@ def kernel_calls():
         ("gather_channels_f32", gather_channels, (np.empty((2, 7, 7, 2), np.float32), xd, k4)),
         ("gather_channels_s8", gather_channels, (np.empty((2, 7, 7, 2), np.int8), s8(2, 7, 7, 4), k4)),
         ("mask_unpack", mask_unpack_backward_f32, (np.empty_like(dyd), dyd, mask)),
+        ("clamp", clamp_f32_backward, (np.empty_like(dyd), dyd, r(*dyd.shape), 0.0, 6.0)),
+        ("clamp_in_place", clamp_f32_backward, (dyd.copy(),) * 2 + (r(*dyd.shape), 0.1, 6.0)),
         ("softmax_ce", softmax_cross_entropy_f32, (np.empty_like(logits), logits, labels)),
     ]
 
