@@ -25,15 +25,39 @@ go through ctypes pointers, which Numba cannot cache.
 """
 
 from llvmlite import ir
+from numba import __version__ as numba_version
 from numba import njit, types
 from numba.core import cgutils, config
-from numba.core.typed_passes import _reload_parfors  # Numba internals (0.68): the two hooks its parfors use
 from numba.extending import intrinsic
-from numba.np.ufunc.parallel import _launch_threads
 
 from microtrain.config import NJIT
 
 SERIAL_WORK = 1 << 17  # element operations below which a kernel's loop stays on the calling thread
+
+
+def _find_internals():
+    """The three Numba internals this module needs (as Numba 0.68 has them), or the reason they are not there.
+
+    _launch_threads starts the threading layer (so its C symbols exist), typed_passes._reload_parfors is the hook a
+    prange kernel's cached library runs when it is loaded, and CodeLibrary._reload_init is where that hook is
+    registered. pyproject allows any numba >= 0.59, so a later Numba may rename them: then the kernels keep working
+    with every loop on the caller's width (the behaviour before this module) instead of failing at import. (A
+    Numba upgrade also invalidates Numba's on-disk cache, so kernels compiled with the other variant are not
+    reused.)"""
+    try:
+        from numba.core.registry import cpu_target
+        from numba.core.typed_passes import _reload_parfors
+        from numba.np.ufunc.parallel import _launch_threads
+        library = cpu_target.target_context.codegen().create_library("microtrain_threads_probe")
+        if not isinstance(getattr(library, "_reload_init", None), set):
+            return None, None, "numba %s: CodeLibrary has no _reload_init set" % numba_version
+    except (ImportError, AttributeError) as e:  # a renamed module or function
+        return None, None, "numba %s: %s" % (numba_version, e)
+    return _launch_threads, _reload_parfors, ""
+
+
+_launch_threads, _reload_parfors, MISSING = _find_internals()
+# MISSING: "" when small kernels run on the calling thread, else why they cannot (threads_for is then a no-op)
 
 
 def _needs_layer(context):
@@ -72,6 +96,15 @@ if config.DISABLE_JIT:
 
     def threads_restore(prev):
         """Pure Python: nothing to restore."""
+elif MISSING:
+    @njit(**NJIT)
+    def threads_for(work):
+        """Numba's internals are not there (MISSING says why): every loop runs on the caller's width."""
+        return 0
+
+    @njit(**NJIT)
+    def threads_restore(prev):
+        """Nothing to restore (see threads_for)."""
 else:
     @njit(**NJIT)
     def threads_for(work):

@@ -185,3 +185,36 @@ def test_threads_for_works_from_the_cache_in_a_fresh_process(tmp_path):
         r = subprocess.run([sys.executable, "-c", WARM], env=env, capture_output=True, text=True, cwd="/")
         assert r.returncode == 0, (run, r.returncode, r.stderr)
         assert r.stdout.split() == ["2", "1", "2"], (run, r.stdout)
+
+
+NO_INTERNALS = """
+import numba, numpy as np
+import numba.core.typed_passes as tp
+saved = tp._reload_parfors
+del tp._reload_parfors  # hidden from microtrain's import, as a later Numba might rename it (Numba itself needs it)
+from microtrain.kernels import threads
+from microtrain.kernels.gemm_io import widen_s8_f32
+tp._reload_parfors = saved
+x = (np.arange(3 * 200000) % 256 - 128).astype(np.int8).reshape(-1, 3)
+for p in (5, x.shape[0]):  # below and above SERIAL_WORK
+    xf = np.empty((p, 3), np.float32)
+    widen_s8_f32(xf, x[:p], -7)
+    assert np.array_equal(xf, x[:p].astype(np.float32) + 7)
+print(numba.get_num_threads(), threads.MISSING)
+"""
+
+
+def test_kernels_still_run_when_numbas_internals_are_missing(tmp_path):
+    """pyproject allows any numba >= 0.59: if one drops an internal threads.py uses, the kernels must still import
+    and compute (every loop on the caller's width), and threads.MISSING must say why."""
+    _two_threads()
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), NUMBA_NUM_THREADS="2")
+    r = subprocess.run([sys.executable, "-c", NO_INTERNALS], env=env, capture_output=True, text=True, cwd="/")
+    assert r.returncode == 0, r.stderr
+    width, reason = r.stdout.strip().split(" ", 1)
+    assert width == "2" and "_reload_parfors" in reason, r.stdout
+
+
+def test_numbas_internals_are_found_on_the_installed_numba():
+    from microtrain.kernels import threads
+    assert threads.MISSING == "" and threads._launch_threads is not None
