@@ -14,7 +14,7 @@ from layers import random_conv_args, unique_layers
 from microtrain.kernels.conv2d import conv2d_s8
 from microtrain.kernels.depthwise import depthwise_conv_s8
 from microtrain.kernels.depthwise_host import depthwise_conv_s8_host
-from microtrain.kernels.gemm_io import requant_f64_params
+from microtrain.kernels.gemm_io import requant_f64_params, weight_reach
 from microtrain.kernels.mask import NO_MASK
 from microtrain.kernels.pointwise import pointwise_conv_s8
 
@@ -38,7 +38,7 @@ def test_forward_s8(benchmark, case, impl):
     geo = (op.stride, op.pad) if spatial else ()
     if kind == "depthwise" and impl == "microtrain":  # the host kernel, its constants bound once as the backends do
         x, w, bias, mult, shift, *q = args
-        rq = requant_f64_params(mult, shift)
+        rq = requant_f64_params(mult, shift, weight_reach(w.reshape(-1, w.shape[2]).T, q[0]))  # frozen: its own bound
 
         def fast(y, mask, *_):
             depthwise_conv_s8_host(y, mask, x, w, bias, rq, mult, shift, *q, *geo)

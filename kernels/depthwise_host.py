@@ -30,7 +30,8 @@ from microtrain.arena import read_only
 from microtrain.config import NJIT, NJIT_PARALLEL
 
 from .depthwise import depthwise_conv_s8, depthwise_s8_shapes_ok
-from .gemm_io import requant_f64_params, requant_row_f64
+from .gemm_io import (INT8_WEIGHT_MAX, RQ_ROWS, requant_checked_channels, requant_f64_params, requant_row_f64,
+                      weight_reach, widest_input)
 from .mask import mask_check, mask_pack_row
 from .scratch import (PARALLEL_CHUNKS, SCRATCH_ACC, SCRATCH_W8, SCRATCH_WF, chunk_bounds, scratch_acc_i32,
                       scratch_w_f32, scratch_w_i8)
@@ -58,16 +59,23 @@ def depthwise_host_fits(out_w, channels):
     return int(out_w) * int(channels) <= SCRATCH_ACC
 
 
-def bind_depthwise_s8(host, key, y, mask, x, w, bias, mult, shift, x_zp, y_zp, act_min, act_max, stride, pad):
+def bind_depthwise_s8(host, key, y, mask, x, w, bias, mult, shift, x_zp, y_zp, act_min, act_max, stride, pad,
+                      trainable):
     """(kernel, args) of an int8 depthwise forward, as every host caller (Inference, TrainStep, FisherPass) binds
     it: depthwise_conv_s8_host where the output row fits, with its requantization constants stored once in
     host[key] (the caller counts them as host memory), else the loop kernel depthwise_conv_s8. x is bound
-    read-only (the kernels only read it), so all callers share one compiled specialisation."""
+    read-only (the kernels only read it), so all callers share one compiled specialisation.
+
+    trainable: w changes between calls, so the constants bound |acc| by the int8 worst case (127 per weight)
+    rather than by w's values (gemm_io.weight_reach); a caller that binds one layer both ways needs two keys."""
     x = read_only(x)
     if not depthwise_host_fits(y.shape[2], y.shape[3]):
         return depthwise_conv_s8, (y, mask, x, w, bias, mult, shift, x_zp, y_zp, act_min, act_max, stride, pad)
     if key not in host:
-        host[key] = read_only(requant_f64_params(mult, shift))
+        taps = w.shape[0] * w.shape[1]
+        reach = (INT8_WEIGHT_MAX * taps * widest_input(x_zp) if trainable
+                 else weight_reach(w.reshape(taps, -1).T, x_zp))  # (C, KH * KW) per channel
+        host[key] = read_only(requant_f64_params(mult, shift, reach))
     return depthwise_conv_s8_host, (y, mask, x, w, bias, host[key], mult, shift, x_zp, y_zp, act_min, act_max,
                                     stride, pad)
 
@@ -77,8 +85,8 @@ def depthwise_conv_s8_host(y, mask, x, w, bias, rq, mult, shift, x_zp, y_zp, act
     """depthwise_conv_s8 (same arguments, plus rq) for the host: identical y and mask.
 
     Layout:    as depthwise_conv_s8: y (N, OH, OW, C) s8 out; mask (N * OH, ceil(OW * C / 8)) u8 out, or NO_MASK;
-               x (N, H, W, C) s8, C-contiguous; w (KH, KW, C) s8; bias (C,) s32; rq (3, C) f64 =
-               gemm_io.requant_f64_params(mult, shift); mult, shift (C,) s32. OW * C <= SCRATCH_ACC
+               x (N, H, W, C) s8, C-contiguous; w (KH, KW, C) s8; bias (C,) s32; rq (4, C) f64 =
+               gemm_io.requant_f64_params(mult, shift, reach); mult, shift (C,) s32. OW * C <= SCRATCH_ACC
                (depthwise_host_fits).
     Ownership: writes every element of y and, unless NO_MASK, every byte of mask; allocates nothing (per-thread
                stack rows: the accumulator row, the row-wise weights and the row's in-range flags).
@@ -90,13 +98,15 @@ def depthwise_conv_s8_host(y, mask, x, w, bias, rq, mult, shift, x_zp, y_zp, act
     W = x.shape[2]
     KH = w.shape[0]
     KW = w.shape[1]
-    if not depthwise_s8_shapes_ok(y, x, w, bias, mult, shift, stride, pad) or rq.shape[0] != 3 or rq.shape[1] != C:
+    if (not depthwise_s8_shapes_ok(y, x, w, bias, mult, shift, stride, pad) or rq.shape[0] != RQ_ROWS
+            or rq.shape[1] != C):
         raise ValueError("depthwise_conv_s8_host: inconsistent shapes")
     L = OW * C
     if L > SCRATCH_ACC:
         raise ValueError("depthwise_conv_s8_host: an output row (OW * C) is longer than SCRATCH_ACC; "
                          "use depthwise_conv_s8")
     write_mask = mask_check(mask, N * OH, OW, C)
+    checked = requant_checked_channels(rq, bias)
     # stride 1 with room for the row-wise weights and, after them, the flag row
     tiled = stride == 1 and (KH * KW + 1) * L <= SCRATCH_W8
     f0 = KH * KW * L if tiled else 0  # the flag row's offset in the int8 scratch
@@ -147,7 +157,7 @@ def depthwise_conv_s8_host(y, mask, x, w, bias, rq, mult, shift, x_zp, y_zp, act
                             for c in range(C):  # contiguous channels: vectorised
                                 a_s[c] += np.int32(w_s[c]) * (np.int32(x_s[c]) - xz)
             requant_row_f64(y[n, oy], flag, acc[:L].reshape(OW, C), bias, rq, mult, shift, y_zp, act_min,
-                            act_max)
+                            act_max, write_mask, checked)
             if write_mask:
                 mask_pack_row(mask, r, flag, L)
     threads_restore(prev)

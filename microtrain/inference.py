@@ -34,7 +34,7 @@ from microtrain.kernels.mask import NO_MASK  # inference writes no 1-bit trainin
 from microtrain.kernels.pool import global_mean_s8
 from microtrain.kernels.fully_connected import fully_connected_s8
 from microtrain.kernels.gemm_io import (exact_in_f32, im2col_f32, requant_f64_params, requantize_acc_f32_s8,
-                                        widen_s8_f32)
+                                        weight_reach, widen_s8_f32)
 
 BACKENDS = ("blas", "reference")
 
@@ -97,7 +97,7 @@ class Inference:
         rows_out = max((p * co for p, _, co in self._gemm_ops.values()), default=0)
         self._xf = np.empty(rows_in, np.float32)
         self._acc = np.empty(rows_out, np.float32)
-        self._wt = {}  # op name -> (K, Co) f32 weight; "rq:" + op name -> (3, Co) f64 requantization constants
+        self._wt = {}  # op name -> (K, Co) f32 weight; "rq:" + op name -> (4, Co) f64 requantization constants
         self._steps = [self._bind(op) for op in self.graph.ops]
         self.host_bytes = self._xf.nbytes + self._acc.nbytes + sum(w.nbytes for w in self._wt.values())
 
@@ -124,7 +124,7 @@ class Inference:
         wt = self._wt[op.name] = np.ascontiguousarray(w.T, dtype=np.float32)  # (K, Co), exact
         xf = self._xf[:P * k].reshape(P, k)
         acc = self._acc[:P * co].reshape(P, co)
-        rq = self._wt[f"rq:{op.name}"] = read_only(requant_f64_params(mult, shift))  # (3, Co) f64 host constants
+        rq = self._wt[f"rq:{op.name}"] = read_only(requant_f64_params(mult, shift, weight_reach(w, x_zp)))  # (4, Co)
         tail = (xf, read_only(wt), acc, bias, rq, mult, shift, x_zp, y_zp, lo, hi)
         if op.kind == "conv2d":
             return _gemm_conv_s8, (y.reshape(P, co), read_only(x)) + tail + (op.kernel, op.stride, op.pad)
@@ -152,7 +152,8 @@ class Inference:
             if op.kind == "conv2d":
                 return conv2d_s8, (y, NO_MASK, x) + common + (op.stride, op.pad)
             if op.kind == "depthwise" and self.backend == "blas":
-                return bind_depthwise_s8(self._wt, f"rq:{op.name}", y, NO_MASK, x, *common, op.stride, op.pad)
+                return bind_depthwise_s8(self._wt, f"rq:{op.name}", y, NO_MASK, x, *common, op.stride, op.pad,
+                                         False)
             if op.kind == "depthwise":
                 return depthwise_conv_s8, (y, NO_MASK, x) + common + (op.stride, op.pad)
             if op.kind == "pointwise":

@@ -30,7 +30,7 @@ pooling, the head, masks and updates are the same kernels in both backends.
 Memory: the arena (plan, offsets, peak) is the same for both backends. The GEMMs' float32 operands live in host
 buffers outside it (`HostGemm.host_bytes`): one left-operand buffer and one result/gather buffer shared by every
 layer (ops run one after another), one buffer to widen a trainable int8 weight, a float32 copy of each frozen
-int8 weight a GEMM reads, and each int8 GEMM or depthwise layer's (3, Co) float64 requantization constants
+int8 weight a GEMM reads, and each int8 GEMM or depthwise layer's (4, Co) float64 requantization constants
 (gemm_io.requant_f64_params).
 """
 
@@ -41,12 +41,12 @@ from microtrain.kernels.depthwise_host import (bind_depthwise_s8, depthwise_conv
                                               depthwise_conv_f32_host, depthwise_f32_host_fits)
 from microtrain.kernels.gather import gather_channels
 from microtrain.kernels.gemm_f32 import bias_add_clamp_f32
-from microtrain.kernels.gemm_io import (F32_EXACT_INT, exact_in_f32, im2col_f32, requant_f64_params,
-                                        requantize_acc_f32_s8_mask, widen_s8_f32)
+from microtrain.kernels.gemm_io import (F32_EXACT_INT, INT8_WEIGHT_MAX, exact_in_f32, im2col_f32,
+                                        requant_f64_params, requantize_acc_f32_s8_mask, weight_reach,
+                                        widen_s8_f32, widest_input)
 
 F32 = np.float32
 GEMM_KINDS = ("conv2d", "pointwise")
-INT8_WEIGHT_MAX = 127  # QAS updates keep int8 weights in [-127, 127] (kernels/update.py)
 
 
 def _pixels(shape):
@@ -97,15 +97,16 @@ class HostGemm:
         """int8 conv2d / 1x1 forward, bit-exact with conv2d_s8 / pointwise_conv_s8 (mask included), or None when
         the float32 sums could round; an int8 depthwise forward from depthwise_host.bind_depthwise_s8 (the host
         kernel where it fits, bit-exact with depthwise_conv_s8, else that loop kernel)."""
+        key = op.name + (":trainable" if trainable else "")  # the constants bound |acc| differently (below)
         if op.kind == "depthwise":
-            return bind_depthwise_s8(self._rq, op.name, y, mask, x, w, bias, mult, shift, x_zp, y_zp, lo, hi,
-                                     op.stride, op.pad)
+            return bind_depthwise_s8(self._rq, key, y, mask, x, w, bias, mult, shift, x_zp, y_zp, lo, hi,
+                                     op.stride, op.pad, trainable)
         if op.kind not in GEMM_KINDS:
             return None
         k = int(np.prod(op.weight_shape()[1:]))
-        widest = max(127 - int(x_zp), int(x_zp) + 128)
+        worst = INT8_WEIGHT_MAX * k * widest_input(x_zp)  # |acc| of any int8 weight: one that trains is bound by it
         if trainable:
-            if INT8_WEIGHT_MAX * k * widest > F32_EXACT_INT:
+            if worst > F32_EXACT_INT:
                 return None
         elif not exact_in_f32(w.reshape(op.cout, k), x_zp):
             return None
@@ -113,9 +114,10 @@ class HostGemm:
         w_src, wf = self._int8_weight(op, w, trainable)
         xf = self._a[:P * k].reshape(P, k)
         acc = self._b[:P * op.cout].reshape(P, op.cout)
-        if op.name not in self._rq:  # (3, Co) f64, fixed like mult, shift: once per layer, however often bound
-            self._rq[op.name] = read_only(requant_f64_params(mult, shift))
-        rq = self._rq[op.name]
+        if key not in self._rq:  # (4, Co) f64, fixed like mult, shift: once per layer, however often bound
+            reach = worst if trainable else weight_reach(w.reshape(op.cout, k), x_zp)
+            self._rq[key] = read_only(requant_f64_params(mult, shift, reach))
+        rq = self._rq[key]
         tail = (w_src, wf, acc, acc.reshape(y.shape), bias, rq, mult, shift, x_zp, y_zp, lo, hi)
         if op.kind == "conv2d":
             return gemm_conv2d_s8, (y, mask, read_only(x), xf) + tail + (op.kernel, op.stride, op.pad)

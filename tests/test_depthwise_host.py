@@ -17,16 +17,23 @@ from microtrain.kernels.depthwise import depthwise_conv_f32, depthwise_conv_s8
 from microtrain.kernels.depthwise_backward import depthwise_conv_f32_backward_input
 from microtrain.kernels.depthwise_host import (depthwise_conv_f32_backward_input_host, depthwise_conv_f32_host,
                                               depthwise_conv_s8_host, depthwise_f32_host_fits, depthwise_host_fits)
-from microtrain.kernels.gemm_io import requant_f64_params
+from microtrain.kernels.gemm_io import requant_checked_channels, requant_f64_params, weight_reach
 from microtrain.kernels.mask import NO_MASK, mask_shape
 from microtrain.kernels.scratch import SCRATCH_ACC, SCRATCH_W8, SCRATCH_WF
 from microtrain.reference_models import NAMES
 from settings import JIT_DISABLED, kernel_settings
 
 
-def run(seed, n, h, w, c, k, stride, pad, **opts):
+def dw_reach(w, x_zp):
+    """The bound on |acc| the binders give a frozen depthwise weight (KH, KW, C): per channel over its taps."""
+    return weight_reach(w.reshape(-1, w.shape[2]).T, x_zp)
+
+
+def run(seed, n, h, w, c, k, stride, pad, reach=False, **opts):
     """The host kernel on a random naive.make_s8_layer layer, checked against naive.depthwise_conv_s8 (y without and
-    with a mask, the mask itself). Returns (y, layer)."""
+    with a mask, the mask itself). reach: bind the constants with the weights' bound on |acc| (as a frozen layer
+    is bound: the per-element limit test is then skipped unless a bias is too large), else with none. Returns
+    (y, layer)."""
     rng = np.random.default_rng(seed)
 
     def real_fn(xr, wr, br):
@@ -34,7 +41,7 @@ def run(seed, n, h, w, c, k, stride, pad, **opts):
 
     p = naive.make_s8_layer(rng, (n, h, w, c), (k, k, c), -1, real_fn, **opts)
     want, in_range = naive.depthwise_conv_s8(**p, stride=stride, pad=pad, with_mask=True)
-    rq = requant_f64_params(p["mult"], p["shift"])
+    rq = requant_f64_params(p["mult"], p["shift"], dw_reach(p["w"], p["x_zp"]) if reach else None)
     y = naive.check_s8_kernel(depthwise_conv_s8_host, want, in_range, p["x"], p["w"], p["bias"], rq, p["mult"],
                               p["shift"], p["x_zp"], p["y_zp"], p["act_min"], p["act_max"], stride, pad)
     return y, p
@@ -88,9 +95,18 @@ def geometry(draw):
 
 @kernel_settings(40)
 @given(geometry(), st.integers(0, 2 ** 32 - 1), st.booleans(), st.sampled_from([None, "relu6", "random"]),
-       st.booleans())
-def test_depthwise_host_hypothesis(geom, seed, saturate, act, extreme_bias):
-    run(seed, **geom, saturate=saturate, act=act, extreme_bias=extreme_bias)
+       st.booleans(), st.booleans())
+def test_depthwise_host_hypothesis(geom, seed, saturate, act, extreme_bias, reach):
+    run(seed, **geom, saturate=saturate, act=act, extreme_bias=extreme_bias, reach=reach)
+
+
+@pytest.mark.parametrize("name", ["k3_s1_p1_c16_mcunet_first", "k3_s2_odd", "relu6", "saturate"])
+def test_depthwise_host_with_the_weights_reach_skips_the_limit_test_and_stays_exact(name):
+    """Bound like a frozen layer, these cases need no per-element limit test (requant_checked_channels is 0), and
+    the check-free loops give the reference's bits."""
+    _, p = run(0, **CASES[name], reach=True)
+    assert requant_checked_channels(requant_f64_params(p["mult"], p["shift"], dw_reach(p["w"], p["x_zp"])),
+                                    p["bias"]) == 0
 
 
 def _real_layers():
@@ -122,8 +138,9 @@ def test_depthwise_host_equals_reference_on_real_layers(xin, yout, op):
     m_ref, m_host = np.empty(mask_shape(*shape), np.uint8), np.full(mask_shape(*shape), 0x5A, np.uint8)
     args = (x, w, bias, mult, shift, 3, -4, -128, 100)
     depthwise_conv_s8(y_ref, m_ref, *args, op.stride, op.pad)
-    depthwise_conv_s8_host(y_host, m_host, x, w, bias, requant_f64_params(mult, shift), mult, shift, 3, -4, -128,
-                           100, op.stride, op.pad)
+    rq = requant_f64_params(mult, shift, dw_reach(w, 3))  # bound as Inference and the Fisher pass bind it
+    assert requant_checked_channels(rq, bias) == 0  # so the check-free loops run
+    depthwise_conv_s8_host(y_host, m_host, x, w, bias, rq, mult, shift, 3, -4, -128, 100, op.stride, op.pad)
     np.testing.assert_array_equal(y_host, y_ref)
     np.testing.assert_array_equal(m_host, m_ref)
     assert 0.01 < np.mean(y_ref == 100) < 0.5  # the clamp and the mask are exercised

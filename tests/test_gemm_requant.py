@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import naive
-from microtrain.kernels.gemm_io import requant_f64_params, requantize_acc_f32_s8, requantize_acc_f32_s8_mask
+from microtrain.kernels.gemm_io import (requant_checked_channels, requant_f64_params, requantize_acc_f32_s8,
+                                        requantize_acc_f32_s8_mask, weight_reach, widest_input)
 from microtrain.kernels.mask import NO_MASK
 from microtrain.kernels.scratch import SCRATCH_W8
 from settings import kernel_settings
@@ -53,19 +54,30 @@ def layers(draw):
             np.array(shift, np.int32), y_zp, lo, hi)
 
 
+# How the constants bound |acc|: not at all (every element is tested against the limit), or by the largest |acc|
+# of each channel plus a slack (a valid bound, as weight_reach gives a frozen layer: the test is skipped wherever
+# reach + |bias| stays below the limit, and the float64 form must then be exact on its own)
+REACH = st.one_of(st.none(), st.integers(0, 3))
+
+
+def reach_of(acc, slack):
+    return None if slack is None else np.abs(acc.astype(np.int64)).max(axis=0) + slack
+
+
 @kernel_settings(200)
-@given(layers())
-def test_requantize_matches_the_integer_reference(layer):
+@given(layers(), REACH)
+def test_requantize_matches_the_integer_reference(layer, slack):
     acc, bias, mult, shift, y_zp, lo, hi = layer
     want_y, _ = expected(acc, bias, mult, shift, y_zp, lo, hi)
     y = np.full(acc.shape, 77, np.int8)
-    requantize_acc_f32_s8(y, acc, bias, requant_f64_params(mult, shift), mult, shift, y_zp, lo, hi)
+    requantize_acc_f32_s8(y, acc, bias, requant_f64_params(mult, shift, reach_of(acc, slack)), mult, shift, y_zp, lo,
+                          hi)
     np.testing.assert_array_equal(y, want_y)
 
 
 @kernel_settings(200)
-@given(layers(), st.sampled_from(["one image row", "one pixel per row"]))
-def test_requantize_with_mask_matches_the_integer_reference(layer, layout):
+@given(layers(), st.sampled_from(["one image row", "one pixel per row"]), REACH)
+def test_requantize_with_mask_matches_the_integer_reference(layer, layout, slack):
     """The P pixels as one image row (its mask bytes span pixels) or as P rows of one pixel (a partial byte each)."""
     acc, bias, mult, shift, y_zp, lo, hi = layer
     p, co = acc.shape
@@ -73,8 +85,8 @@ def test_requantize_with_mask_matches_the_integer_reference(layer, layout):
     want_y, in_range = expected(acc, bias, mult, shift, y_zp, lo, hi)
     y = np.full(shape, 77, np.int8)
     mask = np.full(naive.pack_mask(in_range.reshape(shape)).shape, 0xA5, np.uint8)  # every byte must be written
-    requantize_acc_f32_s8_mask(y, mask, acc.reshape(shape), bias, requant_f64_params(mult, shift), mult, shift, y_zp,
-                               lo, hi)
+    requantize_acc_f32_s8_mask(y, mask, acc.reshape(shape), bias, requant_f64_params(mult, shift, reach_of(acc, slack)),
+                               mult, shift, y_zp, lo, hi)
     np.testing.assert_array_equal(y, want_y.reshape(shape))
     np.testing.assert_array_equal(mask, naive.pack_mask(in_range.reshape(shape)))
 
@@ -127,3 +139,89 @@ def test_inconsistent_constants_are_refused():
     with pytest.raises(ValueError, match="inconsistent shapes"):
         requantize_acc_f32_s8(np.zeros((3, 4), np.int8), np.zeros((3, 4), np.float32), c, np.zeros((3, 5)), c, c, 0,
                               -128, 127)
+
+
+def test_requant_f64_params_carry_the_reach():
+    mult, shift = np.array([1 << 30, 1 << 30], np.int32), np.array([-3, 2], np.int32)
+    assert np.all(np.isinf(requant_f64_params(mult, shift)[3]))  # none known
+    assert requant_f64_params(mult, shift, 9)[3].tolist() == [9.0, 9.0]
+    assert requant_f64_params(mult, shift, np.array([5, (1 << 53) - 1]))[3].tolist() == [5.0, 2.0 ** 53 - 1]
+
+
+@pytest.mark.parametrize("left", [0, 3])
+def test_a_channel_is_checked_exactly_while_its_acc_plus_bias_can_reach_the_limit(left):
+    """requant_checked_channels compares reach + |bias| with lim = 2^(21 - left) per channel, for the bias as it
+    is, and counts the channels that may reach it."""
+    lim = 1 << (21 - left)
+    mult, shift = np.full(3, 1 << 30, np.int32), np.full(3, left, np.int32)
+    for reach, bias, needs in [(lim - 101, 100, False), (lim - 100, 100, True), (lim - 100, -100, True),
+                               (lim - 1, 0, False), (lim, 0, True), (0, I32.min, True)]:
+        rq = requant_f64_params(mult, shift, reach)
+        b = np.array([0, bias, 0], np.int32)
+        assert requant_checked_channels(rq, b) == (3 if reach >= lim else int(needs)), (reach, bias)
+    assert requant_checked_channels(requant_f64_params(mult, shift), np.zeros(3, np.int32)) == 3  # none known
+
+
+# An accumulator beyond the float64 form's limit (2^21 for shift <= 0) on which that form is wrong: a * M / 2^31 =
+# k + 1/2 - 2^-31 needs 54 significant bits, float64 rounds it up to the tie, floor(. + 1/2) gives k + 1 instead of
+# SRDHM's k, and k + 1 sits on RDBPOT's rounding boundary for a right shift of 16 (found by search over odd a near
+# 2^23 with a * M = 2^30 - 1 mod 2^31). The integer reference gives 87, the float64 form 88.
+BEYOND_LIMIT = dict(acc=8578625, mult=1435489855, shift=-16, integer=87, float64=88)
+
+
+def _beyond_limit_row(reach, co=9):
+    """requantize_acc_f32_s8 and _mask on one pixel of co channels: channel 0 holds BEYOND_LIMIT's accumulator,
+    the others 3. Returns channel 0's output from both kernels."""
+    b = BEYOND_LIMIT
+    acc = np.full((1, co), 3, np.float32)
+    acc[0, 0] = b["acc"]
+    mult, shift, bias = np.full(co, b["mult"], np.int32), np.full(co, b["shift"], np.int32), np.zeros(co, np.int32)
+    rq = requant_f64_params(mult, shift, reach)
+    y = np.empty((1, co), np.int8)
+    requantize_acc_f32_s8(y, acc, bias, rq, mult, shift, 0, -128, 127)
+    y4 = np.empty((1, 1, 1, co), np.int8)
+    requantize_acc_f32_s8_mask(y4, np.empty((1, 2), np.uint8), acc.reshape(1, 1, 1, co), bias, rq, mult, shift, 0,
+                               -128, 127)
+    return int(y[0, 0]), int(y4[0, 0, 0, 0])
+
+
+def test_the_float64_form_is_wrong_beyond_its_limit_so_such_elements_are_redone():
+    b = BEYOND_LIMIT
+    assert naive.requant_pre_s8(b["acc"], b["mult"], b["shift"], 0) == b["integer"]
+    left, right = max(b["shift"], 0), max(-b["shift"], 0)
+    t = np.floor(b["acc"] * np.ldexp(float(b["mult"]), left - 31) + 0.5) * np.ldexp(1.0, -right)
+    assert np.trunc(t + np.copysign(0.5, t)) == b["float64"]  # gemm_io._requant_f64's arithmetic, in NumPy
+    # every channel may reach the limit (no bound known; or all bound beyond it): the loop tests each element
+    assert _beyond_limit_row(None) == (b["integer"],) * 2
+    assert _beyond_limit_row(np.full(9, b["acc"])) == (b["integer"],) * 2
+    # one channel of nine may (its true bound; the others bound by 3): a check-free loop, then that channel's scan
+    one = np.full(9, 3)
+    one[0] = b["acc"]
+    assert _beyond_limit_row(one) == (b["integer"],) * 2
+
+
+def test_a_reach_that_understates_acc_is_trusted():
+    """White box: with a (false) reach of 3 for every channel the kernels skip the limit test, so the element
+    beyond the limit is not redone and comes out as the float64 form's 88: the check-free loops are the ones that
+    run, and the bound is what keeps them exact."""
+    assert _beyond_limit_row(3) == (BEYOND_LIMIT["float64"],) * 2
+
+
+@kernel_settings(100)
+@given(st.integers(1, 6), st.integers(1, 40), st.integers(-128, 127), st.integers(0, 2 ** 32 - 1))
+def test_weight_reach_bounds_every_accumulator(co, k, x_zp, seed):
+    """weight_reach[co] >= |sum_k w[co, k] * (x[k] - x_zp)| for every int8 x, and it is attained where it can be: with
+    x at the end of [-128, 127] farthest from x_zp, signed as each weight."""
+    rng = np.random.default_rng(seed)
+    w = rng.integers(-127, 128, (co, k)).astype(np.int8)
+    reach = weight_reach(w, x_zp)
+    far_end = 127 if 127 - x_zp >= x_zp + 128 else -128  # |far_end - x_zp| = widest_input(x_zp)
+    assert abs(far_end - x_zp) == widest_input(x_zp)
+    near_end = -128 if far_end == 127 else 127
+    w64 = w.astype(np.int64)
+    worst = np.where(w64 * (far_end - x_zp) >= 0, far_end, near_end)  # each product as large as it can be...
+    assert np.all(np.abs((w64 * (worst - x_zp)).sum(axis=1)) <= reach)
+    x = rng.integers(-128, 128, (50, k))
+    assert np.all(np.abs((x - x_zp) @ w64.T) <= reach)
+    wabs = np.abs(w64)  # ...and with weights of one sign the bound is attained
+    assert np.array_equal(np.abs((wabs * (far_end - x_zp)).sum(axis=1)), weight_reach(wabs.astype(np.int8), x_zp))

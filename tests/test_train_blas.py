@@ -295,6 +295,31 @@ def test_trainable_int8_layer_beyond_the_exact_bound_keeps_the_loop_kernel():
         assert (entry is None) == trainable
 
 
+def test_a_trainable_weights_requantization_bound_is_the_int8_worst_case():
+    """The float64 requantization skips its per-element limit test where rq's reach bounds |acc|: a frozen weight
+    is bound by its own values, a trainable one (it changes every step) by 127 per weight, under its own key."""
+    from microtrain.graph import graph_from_spec
+
+    spec = {"name": "small", "input": [4, 4, 3], "first_conv": {"out": 20, "kernel": 1, "stride": 1},
+            "blocks": [{"expand": 1, "out": 8, "kernel": 3, "stride": 1}], "classifier": 3}
+    g = graph_from_spec(spec)
+    gemm = HostGemm(g, 1)
+    pw = next(op for op in g.convs if op.kind == "pointwise")
+    dw = next(op for op in g.convs if op.kind == "depthwise")
+    x_zp, widest = -128, 255
+    for op, w in ((pw, np.full((pw.cout, pw.cin), 2, np.int8)), (dw, np.full((3, 3, dw.cout), -3, np.int8))):
+        ci = g.shapes[op.inputs[0]][2]
+        x = np.zeros((1, 4, 4, ci), np.int8)
+        y = np.zeros((1, 4, 4, op.cout), np.int8)
+        z = np.zeros(op.cout, np.int32)
+        m = np.full(op.cout, 1 << 30, np.int32)
+        k = w.size // op.cout  # terms per sum
+        for trainable in (False, True):
+            assert gemm.forward_s8(op, y, NO_MASK, x, w, trainable, z, m, z - 8, x_zp, 0, -128, 127) is not None
+        assert gemm._rq[op.name][3].tolist() == [abs(int(w.flat[0])) * k * widest] * op.cout
+        assert gemm._rq[op.name + ":trainable"][3].tolist() == [127 * k * widest] * op.cout
+
+
 def test_export_refuses_the_blas_backend(tmp_path):
     m = tiny_model(seed=2)
     step = TrainStep(m, load_config("last", m), K, TrainOptions(backend="blas"))
