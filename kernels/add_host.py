@@ -21,8 +21,8 @@ from microtrain.config import NJIT_PARALLEL
 
 from .mask import mask_check, mask_pack_row
 from .requant import ADD_LEFT_SHIFT, clamp, rdbpot, srdhm
-from .scratch import PARALLEL_CHUNKS, SCRATCH_W8, chunk_bounds, scratch_acc_i32, scratch_w_i8
-from .threads import threads_for, threads_restore
+from .scratch import SCRATCH_W8, chunk_bounds, scratch_acc_i32, scratch_w_i8
+from .threads import parallel_chunks, threads_for, threads_restore
 
 
 def add_host_fits(width, channels):
@@ -57,8 +57,8 @@ def add_s8_host(y, mask, a, b, a_zp, a_mult, a_shift, b_zp, b_mult, b_shift, y_z
     yz = np.int64(y_zp)
     ey = -np.int64(y_shift)
     rows = N * H
-    chunks = min(PARALLEL_CHUNKS, rows)
     prev = threads_for(y.size)
+    chunks = parallel_chunks(rows)
     for t in prange(chunks):
         lut = scratch_acc_i32()  # [0, 256): u_a of a = q - 128; [256, 512): u_b of b = q - 128 (|u| < 2^28)
         flag = scratch_w_i8()  # (SCRATCH_W8,) the row's in-range flags, 0 or 1

@@ -11,8 +11,8 @@ from numba import njit, prange
 
 from microtrain.config import NJIT_PARALLEL
 
-from .scratch import PARALLEL_CHUNKS, SCRATCH_ACC, chunk_bounds, scratch_acc_like
-from .threads import threads_for, threads_restore
+from .scratch import SCRATCH_ACC, chunk_bounds, scratch_acc_like
+from .threads import parallel_chunks, threads_for, threads_restore
 
 
 @njit(**NJIT_PARALLEL)
@@ -110,8 +110,8 @@ def depthwise_conv_f32_backward_weight(dw, x_kept, x_zp, dy, keep, stride, pad):
     # write the same cache line while summing. Every element is still one sum over (n, oy, ox) in that order,
     # whatever the thread count or chunking.
     total = KH * KW * K
-    chunks = max(1, min(PARALLEL_CHUNKS, total))
     prev = threads_for(dy.size * dw.shape[0] * dw.shape[1])
+    chunks = parallel_chunks(total)
     for t in prange(chunks):
         acc = scratch_acc_like(dw)
         a0, a1 = chunk_bounds(total, chunks, t)

@@ -33,9 +33,9 @@ from .depthwise import depthwise_conv_s8, depthwise_s8_shapes_ok
 from .gemm_io import (INT8_WEIGHT_MAX, RQ_ROWS, requant_checked_channels, requant_f64_params, requant_row_f64,
                       weight_reach, widest_input)
 from .mask import mask_check, mask_pack_row
-from .scratch import (PARALLEL_CHUNKS, SCRATCH_ACC, SCRATCH_W8, SCRATCH_WF, chunk_bounds, scratch_acc_i32,
+from .scratch import (SCRATCH_ACC, SCRATCH_W8, SCRATCH_WF, chunk_bounds, scratch_acc_i32,
                       scratch_w_f32, scratch_w_i8)
-from .threads import threads_for, threads_restore
+from .threads import parallel_chunks, threads_for, threads_restore
 
 
 @njit(**NJIT)
@@ -113,8 +113,8 @@ def depthwise_conv_s8_host(y, mask, x, w, bias, rq, mult, shift, x_zp, y_zp, act
     xz = np.int32(x_zp)
     xf = x.reshape(N * H * W * C)  # a view: the tiled path addresses whole input rows
     rows = N * OH
-    chunks = min(PARALLEL_CHUNKS, rows)
     prev = threads_for(y.size * w.shape[0] * w.shape[1])
+    chunks = parallel_chunks(rows)
     for t in prange(chunks):
         acc = scratch_acc_i32()  # (SCRATCH_ACC,) the row's int32 sums, element ox * C + c
         wt = scratch_w_i8()  # (SCRATCH_W8,) row-wise weights [0, f0), then the row's in-range flags [f0, f0 + L)
@@ -207,8 +207,8 @@ def depthwise_conv_f32_host(y, x, w, bias, act_min, act_max, pad):
     SC = S * C
     xf = x.reshape(N * H * W * C)
     rows = N * OH
-    chunks = min(PARALLEL_CHUNKS, rows)
     prev = threads_for(y.size * w.shape[0] * w.shape[1])
+    chunks = parallel_chunks(rows)
     for t in prange(chunks):
         wt = scratch_w_f32()
         tile_taps(wt, w, S)
@@ -277,8 +277,8 @@ def depthwise_conv_f32_backward_input_host(dx, dy, w, pad):
     SC = S * C
     gf = dy.reshape(N * OH * OW * C)
     rows = N * H
-    chunks = min(PARALLEL_CHUNKS, rows)
     prev = threads_for(dy.size * w.shape[0] * w.shape[1])
+    chunks = parallel_chunks(rows)
     for t in prange(chunks):
         wt = scratch_w_f32()
         tile_taps(wt, w, S)  # int8 weights: exact in float32

@@ -15,8 +15,8 @@ from numba import njit, prange
 
 from microtrain.config import NJIT, NJIT_PARALLEL
 
-from .scratch import PARALLEL_CHUNKS, SCRATCH_ACC, chunk_bounds, scratch_acc_f32
-from .threads import threads_for, threads_restore
+from .scratch import SCRATCH_ACC, chunk_bounds, scratch_acc_f32
+from .threads import parallel_chunks, threads_for, threads_restore
 
 
 @njit(**NJIT)
@@ -49,10 +49,10 @@ def bias_add_clamp_f32(y, bias, lo, hi):
         return
     B = max(1, SCRATCH_ACC // CO)  # pixels per block (CO > SCRATCH_ACC: one pixel, the bias row in blocks)
     yf = y.reshape(P * CO)
-    chunks = min(PARALLEL_CHUNKS, P)
     lo32 = np.float32(lo)
     hi32 = np.float32(hi)
     prev = threads_for(y.size)
+    chunks = parallel_chunks(P)
     for t in prange(chunks):
         bt = scratch_acc_f32()  # (SCRATCH_ACC,) bt[q * CO + co] = bias[co]
         p0, p1 = chunk_bounds(P, chunks, t)

@@ -45,8 +45,8 @@ from microtrain.config import NJIT, NJIT_PARALLEL
 
 from .mask import mask_check, mask_flush_row, mask_pack_row, mask_put_bit
 from .requant import INT32_MIN, clamp, mbqm
-from .scratch import PARALLEL_CHUNKS, SCRATCH_W8, chunk_bounds, scratch_w_i8
-from .threads import threads_for, threads_restore
+from .scratch import SCRATCH_W8, chunk_bounds, scratch_w_i8
+from .threads import parallel_chunks, threads_for, threads_restore
 
 
 F32_EXACT_INT = 1 << 24  # every integer of magnitude <= 2^24 is a float32
@@ -88,8 +88,8 @@ def widen_s8_f32(xf, x, x_zp):
     src = x.reshape(n)
     dst = xf.reshape(n)
     z = np.float32(x_zp)
-    chunks = min(PARALLEL_CHUNKS, max(1, n))
     prev = threads_for(n)
+    chunks = parallel_chunks(n)
     for t in prange(chunks):
         j0, j1 = chunk_bounds(n, chunks, t)
         s_s = src[j0:j1]
@@ -281,8 +281,8 @@ def requantize_acc_f32_s8(y, acc, bias, rq, mult, shift, y_zp, act_min, act_max)
             or rq.shape[0] != RQ_ROWS or rq.shape[1] != CO):
         raise ValueError("requantize_acc_f32_s8: inconsistent shapes")
     checked = requant_checked_channels(rq, bias)
-    chunks = min(PARALLEL_CHUNKS, max(1, P))
     prev = threads_for(y.size)
+    chunks = parallel_chunks(P)
     for t in prange(chunks):
         p0, p1 = chunk_bounds(P, chunks, t)
         flag = scratch_w_i8()  # unused (no flags); one stack row so every caller shares a specialisation

@@ -12,8 +12,8 @@ from microtrain.config import NJIT_PARALLEL
 
 from .mask import mask_check, mask_or_bit, mask_zero_row
 from .requant import INT32_MIN, clamp, mbqm
-from .scratch import PARALLEL_CHUNKS, SCRATCH_ACC, SCRATCH_W8, chunk_bounds, scratch_acc_i32, scratch_w_i8
-from .threads import threads_for, threads_restore
+from .scratch import SCRATCH_ACC, SCRATCH_W8, chunk_bounds, scratch_acc_i32, scratch_w_i8
+from .threads import parallel_chunks, threads_for, threads_restore
 
 
 @njit(**NJIT_PARALLEL)
@@ -59,8 +59,8 @@ def pointwise_conv_s8(y, mask, x, w, bias, mult, shift, x_zp, y_zp, act_min, act
     yz = np.int64(y_zp)
     CB = min(CO, SCRATCH_ACC, SCRATCH_W8 // CI)  # output channels per block: acc row and transposed weight tile
     rows = N * H
-    chunks = min(PARALLEL_CHUNKS, rows)
     prev = threads_for(y.size * w.shape[1])
+    chunks = parallel_chunks(rows)
     for t in prange(chunks):
         acc = scratch_acc_i32()  # per-thread stack scratch (kernels/scratch.py)
         wt = scratch_w_i8()

@@ -101,12 +101,6 @@ else:
         return numba.carray(_w_f32(), SCRATCH_WF)
 
 
-# Contiguous chunks a kernel splits its work into, one per thread. Read once at import: numba.get_num_threads() inside
-# a kernel would make it uncacheable (a dynamic global), and results never depend on this number (every parallel
-# kernel keeps a fixed per-element summation order), so a cache compiled under another thread count is still exact.
-PARALLEL_CHUNKS = max(1, int(numba.config.NUMBA_NUM_THREADS))
-
-
 @njit(**NJIT)
 def chunk_bounds(total, chunks, t):
     """[lo, hi) of chunk t when `total` items are split into `chunks` contiguous chunks as evenly as possible."""

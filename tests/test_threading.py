@@ -218,3 +218,69 @@ def test_kernels_still_run_when_numbas_internals_are_missing(tmp_path):
 def test_numbas_internals_are_found_on_the_installed_numba():
     from microtrain.kernels import threads
     assert threads.MISSING == "" and threads._launch_threads is not None
+
+
+# ---- parallel_chunks: the chunk count is read at run time, not frozen into Numba's cache --------------------------
+
+CHUNK_PROBE = """
+import numba
+from numba import njit, prange
+from microtrain.kernels.threads import parallel_chunks, threads_for, threads_restore
+
+@njit(parallel=True, cache=True)
+def probe(ids):
+    prev = threads_for(1 << 30)  # large work: the caller's width
+    chunks = parallel_chunks(ids.shape[0])
+    for t in prange(chunks):
+        ids[t] = numba.get_thread_id()
+    threads_restore(prev)
+    return chunks
+"""
+
+RUN_PROBE = """
+import sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from chunk_probe import probe
+from microtrain.kernels.gemm_io import widen_s8_f32
+ids = np.full(8, -1)
+chunks = probe(ids)
+widen_s8_f32(np.empty((3000, 100), np.float32), np.ones((3000, 100), np.int8), 0)
+print(chunks, sorted(set(ids[:chunks].tolist())), probe.stats.cache_hits.get(probe.signatures[0], 0),
+      sum(widen_s8_f32.stats.cache_hits.values()))
+"""
+
+
+def test_a_cache_filled_by_a_one_thread_process_still_runs_on_every_thread(tmp_path):
+    """A kernel compiled by a process with NUMBA_NUM_THREADS=1 and loaded from the cache by one with 2 threads must
+    split its work 2 ways: Numba freezes a global into the compiled code, so a chunk count read from a module
+    global at import (as kernels did before parallel_chunks) ran every later process's loop on one thread."""
+    _two_threads()
+    (tmp_path / "chunk_probe.py").write_text(CHUNK_PROBE)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    got = []
+    for threads in ("1", "2"):
+        r = subprocess.run([sys.executable, "-c", RUN_PROBE, str(tmp_path)], env=dict(env, NUMBA_NUM_THREADS=threads),
+                           capture_output=True, text=True, cwd="/")
+        assert r.returncode == 0, r.stderr
+        got.append(r.stdout.strip())  # chunks, thread ids, probe's cache hits, widen_s8_f32's cache hits
+    assert got[0].startswith("1 [0] 0 0"), got  # compiled here
+    assert got[1].startswith("2 [0, 1] 1 "), got  # loaded from the cache, and split over both threads
+    assert int(got[1].split()[-1]) >= 1, got  # the real kernel came from the cache too
+
+
+def test_no_kernel_freezes_a_thread_count():
+    """Every kernel that splits its work into per-thread chunks takes their number from parallel_chunks, and no
+    kernel module reads the thread count at import (threads.py's STATIC_WIDTH is only for JIT-off / MISSING)."""
+    import pathlib
+
+    import microtrain.kernels as k
+    root = pathlib.Path(k.__file__).parent
+    for path in sorted(root.glob("*.py")):
+        src = path.read_text()
+        if path.name in ("threads.py", "scratch.py"):
+            continue
+        assert "NUMBA_NUM_THREADS" not in src and "get_num_threads" not in src, path.name
+        if "chunk_bounds(" in src:
+            assert src.count("parallel_chunks(") >= src.count("for t in prange(chunks)"), path.name
+
