@@ -41,7 +41,10 @@ def render(data):
     m = data.get("machine_info", {})
     out = [f"Machine: {m.get('cpu', {}).get('brand_raw', platform.processor())}, "
            f"{m.get('cpu', {}).get('count', '?')} logical CPUs; Python {m.get('python_version', '?')}; "
-           f"run {data.get('datetime', '?')}", ""]
+           f"run {data.get('datetime', '?')}"]
+    if "microtrain_threading" in m:
+        out.append(f"Threads: Numba {m['microtrain_threading']}; OpenBLAS {m.get('microtrain_blas_wait', '?')}")
+    out.append("")
     for group, rows in tables(data).items():
         peers = sorted({p for _, t, _ in rows for p in t} - {"microtrain"})
         head = ["case", "microtrain ms"] + [f"{p} ms" for p in peers] + [f"{p}/microtrain" for p in peers] + ["GMAC/s"]

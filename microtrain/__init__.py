@@ -4,6 +4,7 @@ A reference implementation: int8 inference bit-exact with TFLite Micro, a planne
 and (as the project grows) the hand-written partial backward and TinyTrain's task-adaptive sparse update.
 """
 
+from microtrain import blas_env  # noqa: F401  (first: it sets OpenBLAS's idle-thread wait before NumPy loads)
 from microtrain.errors import (  # noqa: F401
     ArenaOverflowError,
     ConfigError,

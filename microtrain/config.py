@@ -28,8 +28,9 @@ right away, without starting threads. Consequences:
   - if an OpenMP runtime is already loaded when microtrain is imported (e.g. PyTorch imported first, with its own
     libgomp and active waiting), Numba's regions would run on it with spinning workers: `workqueue` is used then,
     and where /proc/self/maps cannot tell (not Linux), and where the OpenMP pool does not load.
-NUMBA_THREADING_LAYER, when set, is left to Numba and nothing here changes. Results do not depend on the layer or
-the thread count (every parallel kernel has a fixed reduction order). workqueue's own limit: it does not support
+NumPy's OpenBLAS threads are the other half of the same contention; microtrain.blas_env shortens their spinning
+(BLAS_WAIT there says how). NUMBA_THREADING_LAYER, when set, is left to Numba and nothing here changes. Results do
+not depend on the layer or the thread count (every parallel kernel has a fixed reduction order). workqueue's own limit: it does not support
 parallel kernels launched concurrently from several Python threads of one process (microtrain never does).
 """
 

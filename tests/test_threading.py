@@ -284,3 +284,47 @@ def test_no_kernel_freezes_a_thread_count():
         if "chunk_bounds(" in src:
             assert src.count("parallel_chunks(") >= src.count("for t in prange(chunks)"), path.name
 
+
+# ---- microtrain.blas_env: OpenBLAS's idle wait, set before NumPy loads it ------------------------------------------
+
+BLAS_PROBE = """
+import ctypes, glob, json, os, sys
+if len(sys.argv) > 1:
+    import numpy  # a user who imports NumPy first
+import microtrain
+from microtrain import blas_env
+import numpy
+read = None  # what OpenBLAS itself read from the environment when it loaded (NumPy's wheels bundle it)
+libs = glob.glob(os.path.join(os.path.dirname(numpy.__file__), os.pardir, "numpy.libs", "*openblas*"))
+if libs:
+    fn = getattr(ctypes.CDLL(libs[0]), "openblas_thread_timeout", None)
+    read = fn() if fn is not None else None
+print(json.dumps({"env": os.environ.get("OPENBLAS_THREAD_TIMEOUT"), "wait": blas_env.BLAS_WAIT, "read": read}))
+"""
+
+
+def _blas_probe(env_set=None, numpy_first=False):
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    env.update(env_set or {})
+    r = subprocess.run([sys.executable, "-c", BLAS_PROBE] + (["numpy first"] if numpy_first else []), env=env,
+                       capture_output=True, text=True, cwd="/")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_importing_microtrain_first_shortens_openblas_spinning():
+    got = _blas_probe()
+    assert got["env"] == "12" and got["wait"] == "OPENBLAS_THREAD_TIMEOUT=12", got
+    assert got["read"] in (None, 12), got  # OpenBLAS loaded after the variable was set (None: not NumPy's OpenBLAS)
+
+
+def test_a_users_openblas_timeout_is_kept():
+    got = _blas_probe({"OPENBLAS_THREAD_TIMEOUT": "20"})
+    assert got["env"] == "20" and "set by the user" in got["wait"], got
+    assert got["read"] in (None, 20), got
+
+
+def test_numpy_imported_first_is_reported_and_left_alone():
+    got = _blas_probe(numpy_first=True)
+    assert got["env"] is None and "NumPy was imported before microtrain" in got["wait"], got
+    assert got["read"] in (None, 0), got  # OpenBLAS's own default (0: none given)
