@@ -16,6 +16,7 @@ chain below bit for bit. Peers:
 Peers are optional: each case skips, with the reason, when its package is missing. The torch cases run last
 so that torch's thread pool is not running while the others are timed."""
 
+import microtrain  # noqa: F401  (before NumPy when run as a script: microtrain.blas_env, README "Threads")
 import numpy as np
 import pytest
 

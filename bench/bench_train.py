@@ -17,6 +17,7 @@ import os
 import sys
 import time
 
+import microtrain  # noqa: F401  (before NumPy when run as a script: microtrain.blas_env, README "Threads")
 import numpy as np
 import pytest
 
