@@ -21,11 +21,13 @@ from the clamped output.
 C twins: mt_accumulate_f32, mt_scale_f32, mt_scale_channels_f32, mt_mask_pack_f32, mt_mask_unpack_backward_f32.
 """
 
+import numpy as np
 from numba import njit, prange
 
 from microtrain.config import NJIT, NJIT_PARALLEL
 
-from .mask import mask_flush_row, mask_put_bit
+from .mask import mask_flush_row, mask_pack_row, mask_put_bit
+from .scratch import SCRATCH_W8, scratch_w_i8
 from .threads import threads_for, threads_restore
 
 
@@ -99,8 +101,13 @@ def mask_pack_f32(mask, y, lo, hi):
                PyTorch's hardtanh/relu6 backward on x (grad passes iff lo < x < hi). NaN gives 0.
                (int8 mode: the int8 forward kernels emit their mask themselves, from the pre-clamp value.)
     Layout:    mask (N * H, ceil(W * C / 8)) uint8 out, the layout of kernels/mask.py (row n * H + h; element (w, c)
-               is bit j = w * C + c at bit j % 8 of byte j // 8; a row's unused high bits are 0); y (N, H, W, C).
+               is bit j = w * C + c at bit j % 8 of byte j // 8; a row's unused high bits are 0); y (N, H, W, C),
+               C-contiguous.
                lo, hi are cast to y's dtype first, as the forward kernels cast act_min/act_max.
+    Method:    per image row, the W * C in-range flags (0/1) into a per-thread stack row in one flat, branch-free
+               loop, then packed eight at a time (mask.mask_pack_row); a row longer than the stack row
+               (W * C > SCRATCH_W8) bit by bit. The same bytes as the bit-by-bit loop of the C twin: (25, 64, 64, 16)
+               5.6 -> 0.15 ms, (25, 32, 32, 48) 4.3 -> 0.11 ms on one thread.
     Ownership: writes every byte of mask (`=`); allocates nothing.
     C twin:    mt_mask_pack_f32.
     """
@@ -109,18 +116,27 @@ def mask_pack_f32(mask, y, lo, hi):
         raise ValueError("mask_pack_f32: mask must have shape (N * H, ceil(W * C / 8))")
     lo_t = y.dtype.type(lo)
     hi_t = y.dtype.type(hi)
+    L = W * C
     prev = threads_for(y.size)
     for r in prange(N * H):  # image rows start on a byte: rows in parallel never share one
         n = r // H
         h = r - n * H
-        j = 0
-        byte = 0
-        for w in range(W):
-            for c in range(C):
-                v = y[n, h, w, c]
-                byte = mask_put_bit(mask, r, j, byte, v > lo_t and v < hi_t)
-                j += 1
-        mask_flush_row(mask, r, j, byte)
+        if L <= SCRATCH_W8:
+            flag = scratch_w_i8()  # (SCRATCH_W8,) per thread
+            y_r = y[n, h].reshape(L)
+            for j in range(L):  # flat and branch-free: vectorised
+                v = y_r[j]
+                flag[j] = np.int8(v > lo_t) & np.int8(v < hi_t)  # NaN: 0
+            mask_pack_row(mask, r, flag, L)
+        else:
+            j = 0
+            byte = 0
+            for w in range(W):
+                for c in range(C):
+                    v = y[n, h, w, c]
+                    byte = mask_put_bit(mask, r, j, byte, v > lo_t and v < hi_t)
+                    j += 1
+            mask_flush_row(mask, r, j, byte)
     threads_restore(prev)
 
 

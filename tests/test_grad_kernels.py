@@ -30,6 +30,7 @@ from microtrain.kernels.mask import mask_bytes, mask_pack_row, mask_shape
 from microtrain.kernels.pointwise_backward import (pointwise_conv_f32_backward_input,
                                                    pointwise_conv_f32_backward_weight)
 from microtrain.kernels.pool_backward import avgpool_f32_backward, global_mean_f32_backward
+from microtrain.kernels.scratch import SCRATCH_W8
 import naive_grad as ng
 from settings import JIT_DISABLED, kernel_settings
 
@@ -472,6 +473,18 @@ def test_mask_layout_rows_start_on_byte_boundaries():
     expect[5, 1] = 1 << 6
     expect[1, 0] = 1
     np.testing.assert_array_equal(mask, expect)
+
+
+@pytest.mark.parametrize("w,c", [(1, SCRATCH_W8), (1, SCRATCH_W8 + 9), (3, 5)])
+def test_mask_pack_f32_rows_at_and_beyond_the_stack_row(w, c):
+    """A row of W * C flags up to SCRATCH_W8 is packed from the per-thread flag row, a longer one bit by bit: both
+    give the reference's bytes (NaN and the bounds themselves: 0)."""
+    rng = np.random.default_rng(w * c)
+    y = rng.uniform(-1, 7, (2, 1, w, c)).astype(np.float32)
+    y.reshape(-1)[:4] = [np.nan, 0.0, 6.0, 3.0]
+    mask = np.full(mask_shape(2, 1, w, c), 0xAB, np.uint8)
+    mask_pack_f32(mask, y, 0.0, 6.0)
+    np.testing.assert_array_equal(mask, packed_reference((y > 0) & (y < 6)))
 
 
 def test_mask_bit_order_and_tail():
