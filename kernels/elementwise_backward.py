@@ -140,6 +140,29 @@ def mask_pack_f32(mask, y, lo, hi):
     threads_restore(prev)
 
 
+# Each mask byte's 8 bits as 8 lanes of 0 or all ones (bit i -> lane i): _LANES32[byte] (8 x uint32), and the same
+# bytes as 4 x uint64 (lanes 2k and 2k + 1 in one word, in memory order, so the AND below is the same whatever the
+# byte order). 8 KiB each, read-only constants.
+_LANES32 = np.zeros((256, 8), np.uint32)
+for _b in range(256):
+    for _i in range(8):
+        _LANES32[_b, _i] = 0xFFFFFFFF if (_b >> _i) & 1 else 0
+_LANES64 = np.ascontiguousarray(_LANES32).view(np.uint64)  # (256, 4)
+del _b, _i
+
+
+@njit(**NJIT)
+def _select_bytes(x, y, lanes, m_r, full, per):
+    """x[b * per + i] = y[b * per + i] & lanes[m_r[b], i] for b < full, i < per: mask byte b selects its `per` words
+    (called with a literal per, so after inlining the inner loop has a constant trip count and is vectorised)."""
+    for b in range(full):
+        row = lanes[m_r[b]]
+        xs = x[b * per:b * per + per]
+        ys = y[b * per:b * per + per]
+        for i in range(per):
+            xs[i] = ys[i] & row[i]
+
+
 @njit(**NJIT_PARALLEL)
 def mask_unpack_backward_f32(dx, dy, mask):
     """dx = dy where the mask bit is set, else 0: the backward of the clamp, `=` overwrite.
@@ -147,24 +170,45 @@ def mask_unpack_backward_f32(dx, dy, mask):
     Forward:   y = clamp(x, lo, hi), with the mask saved by an int8 forward kernel (bit = lo <= pre-clamp <= hi) or
                by mask_pack_f32 (bit = lo < y < hi).
     So now:    dL/dx = dL/dy * bit.
-    Layout:    dx, dy (N, H, W, C) same shape; mask (N * H, ceil(W * C / 8)) uint8, the layout of kernels/mask.py.
-    Ownership: writes every element of dx; allocates nothing. In place allowed: dx may be dy.
-    C twin:    mt_mask_unpack_backward_f32.
+    Layout:    dx, dy (N, H, W, C) same shape, C-contiguous; mask (N * H, ceil(W * C / 8)) uint8, the layout of
+               kernels/mask.py.
+    Method:    a select, not a product (dy * 0 would give -0.0 for negative dy and NaN for inf): for float32, each
+               mask byte selects 8 elements at once as a bitwise AND of their bits with the byte's lanes of 0 or
+               all ones (_LANES64: two elements per uint64 where both rows start on 8 bytes, else _LANES32), the
+               row's last W * C % 8 elements bit by bit; other dtypes (float64 in the gradient checks) bit by bit.
+               (25, 64, 64, 16) in place, one thread: 1.29 ms with a branch per element, 0.43-0.47 ms (0.68 with
+               _LANES32 only).
+    Ownership: writes every element of dx; allocates nothing. In place allowed: dx may be dy (each element is
+               read before it is written, by the same thread).
+    C twin:    mt_mask_unpack_backward_f32 (bit by bit; the same values).
     """
     N, H, W, C = dx.shape
     if (dy.shape[0] != N or dy.shape[1] != H or dy.shape[2] != W or dy.shape[3] != C
             or mask.shape[0] != N * H or mask.shape[1] != (W * C + 7) // 8):
         raise ValueError("mask_unpack_backward_f32: inconsistent shapes")
+    L = W * C
+    full = L >> 3  # whole mask bytes per row
     prev = threads_for(dy.size)
     for r in prange(N * H):  # rows in parallel: disjoint elements of dx (in place: each reads only its own dy)
         n = r // H
         h = r - n * H
-        j = 0
-        for w in range(W):
-            for c in range(C):
-                if (mask[r, j >> 3] >> (j & 7)) & 1:
-                    dx[n, h, w, c] = dy[n, h, w, c]
-                else:
-                    dx[n, h, w, c] = 0
-                j += 1
+        m_r = mask[r]
+        if dx.itemsize == 4:
+            x_u = dx[n, h].reshape(L).view(np.uint32)
+            y_u = dy[n, h].reshape(L).view(np.uint32)
+            if full > 0 and (x_u.ctypes.data | y_u.ctypes.data) & 7 == 0:
+                _select_bytes(x_u[:full * 8].view(np.uint64), y_u[:full * 8].view(np.uint64), _LANES64, m_r, full, 4)
+            else:
+                _select_bytes(x_u, y_u, _LANES32, m_r, full, 8)
+            for j in range(full * 8, L):  # the row's last, partial byte
+                x_u[j] = y_u[j] & _LANES32[m_r[j >> 3], j & 7]
+        else:
+            j = 0
+            for w in range(W):
+                for c in range(C):
+                    if (m_r[j >> 3] >> (j & 7)) & 1:
+                        dx[n, h, w, c] = dy[n, h, w, c]
+                    else:
+                        dx[n, h, w, c] = 0
+                    j += 1
     threads_restore(prev)

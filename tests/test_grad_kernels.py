@@ -487,6 +487,36 @@ def test_mask_pack_f32_rows_at_and_beyond_the_stack_row(w, c):
     np.testing.assert_array_equal(mask, packed_reference((y > 0) & (y < 6)))
 
 
+def _bits_of(mask, shape):
+    """(N, H, W, C) bool: the mask's bits in kernels/mask.py's layout (independent of the kernels)."""
+    n, h, w, c = shape
+    return np.unpackbits(mask, axis=1, bitorder="little")[:, :w * c].reshape(shape).astype(bool)
+
+
+@kernel_settings(60)
+@given(st.integers(1, 2), st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.integers(0, 1),
+       st.booleans(), st.sampled_from([np.float32, np.float64]), st.integers(0, 2 ** 32 - 1))
+def test_mask_unpack_is_an_exact_select_on_any_row_alignment(n, h, w, c, offset, in_place, dtype, seed):
+    """dx = dy where the bit is set, +0.0 elsewhere, bit for bit (NaN, inf, -0.0 pass unchanged; a product would
+    give -0.0 or NaN), on rows that start on 8 bytes or not (offset: one element into a buffer; odd W * C: rows
+    alternate), with a last partial byte, in place or not, float32 (the lane path) and float64 (bit by bit)."""
+    rng = np.random.default_rng(seed)
+    shape = (n, h, w, c)
+    size = n * h * w * c
+    specials = np.array([np.nan, -0.0, np.inf, -np.inf, -1.5, 0.0], dtype)
+    buf = rng.standard_normal(size + 1).astype(dtype)
+    buf[1 + rng.integers(0, size, 3)] = specials[rng.integers(0, 6, 3)]
+    dy = buf[offset:offset + size].reshape(shape)
+    mask = rng.integers(0, 256, mask_shape(*shape)).astype(np.uint8)
+    want = np.where(_bits_of(mask, shape), dy, np.zeros((), dtype))
+    if in_place:
+        dx = dy
+    else:
+        dx = nans(shape, dtype) if offset == 0 else np.full(size + 1, np.nan, dtype)[1:].reshape(shape)
+    mask_unpack_backward_f32(dx, dy, mask)
+    assert dx.tobytes() == want.tobytes()
+
+
 def test_mask_bit_order_and_tail():
     y = np.array([1, 0, 1, 1, 6, 1, 0, 0, 1, 7, 1], np.float32).reshape(1, 1, 11, 1)
     mask = np.full((1, 2), 0xFF, np.uint8)
