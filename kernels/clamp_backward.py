@@ -9,7 +9,7 @@ from numba import njit, prange
 
 from microtrain.config import NJIT, NJIT_PARALLEL
 
-from .threads import threads_for, threads_restore
+from .threads import STREAM_ELEMENTS, threads_for, threads_restore
 
 
 @njit(**NJIT)
@@ -58,7 +58,7 @@ def clamp_f32_backward(dx, dy, y, lo, hi):
     # in place, the loop reads and writes one array: two arrays that LLVM must assume may overlap would fail its
     # runtime overlap check and leave the loop scalar (measured 10x slower in place than out of place)
     in_place = dx.ctypes.data == dy.ctypes.data
-    prev = threads_for(dy.size)
+    prev = threads_for(dy.size // (STREAM_ELEMENTS // 2))
     for r in prange(R):
         d_s = dx2[r]
         g_s = dy2[r]

@@ -28,7 +28,7 @@ from microtrain.config import NJIT, NJIT_PARALLEL
 
 from .mask import mask_flush_row, mask_pack_row, mask_put_bit
 from .scratch import SCRATCH_W8, scratch_w_i8
-from .threads import threads_for, threads_restore
+from .threads import STREAM_ELEMENTS, threads_for, threads_restore
 
 
 @njit(**NJIT)
@@ -117,7 +117,7 @@ def mask_pack_f32(mask, y, lo, hi):
     lo_t = y.dtype.type(lo)
     hi_t = y.dtype.type(hi)
     L = W * C
-    prev = threads_for(y.size)
+    prev = threads_for(y.size // STREAM_ELEMENTS)
     for r in prange(N * H):  # image rows start on a byte: rows in parallel never share one
         n = r // H
         h = r - n * H

@@ -16,7 +16,7 @@ from numba import njit, prange
 from microtrain.config import NJIT, NJIT_PARALLEL
 
 from .scratch import SCRATCH_ACC, chunk_bounds, scratch_acc_f32
-from .threads import parallel_chunks, threads_for, threads_restore
+from .threads import STREAM_ELEMENTS, parallel_chunks, threads_for, threads_restore
 
 
 @njit(**NJIT)
@@ -51,7 +51,7 @@ def bias_add_clamp_f32(y, bias, lo, hi):
     yf = y.reshape(P * CO)
     lo32 = np.float32(lo)
     hi32 = np.float32(hi)
-    prev = threads_for(y.size)
+    prev = threads_for(y.size // STREAM_ELEMENTS)
     chunks = parallel_chunks(P)
     for t in prange(chunks):
         bt = scratch_acc_f32()  # (SCRATCH_ACC,) bt[q * CO + co] = bias[co]

@@ -46,7 +46,7 @@ from microtrain.config import NJIT, NJIT_PARALLEL
 from .mask import mask_check, mask_flush_row, mask_pack_row, mask_put_bit
 from .requant import INT32_MIN, clamp, mbqm
 from .scratch import SCRATCH_W8, chunk_bounds, scratch_w_i8
-from .threads import parallel_chunks, threads_for, threads_restore
+from .threads import STREAM_ELEMENTS, parallel_chunks, threads_for, threads_restore
 
 
 F32_EXACT_INT = 1 << 24  # every integer of magnitude <= 2^24 is a float32
@@ -88,7 +88,7 @@ def widen_s8_f32(xf, x, x_zp):
     src = x.reshape(n)
     dst = xf.reshape(n)
     z = np.float32(x_zp)
-    prev = threads_for(n)
+    prev = threads_for(n // STREAM_ELEMENTS)
     chunks = parallel_chunks(n)
     for t in prange(chunks):
         j0, j1 = chunk_bounds(n, chunks, t)

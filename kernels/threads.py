@@ -2,7 +2,8 @@
 
 Every parallel kernel brackets its prange loop with
 
-    prev = threads_for(work)      # work: the loop's element operations (MACs for convs, elements otherwise)
+    prev = threads_for(work)      # work: element operations (MACs for convs, elements otherwise; streaming
+                                  # kernels: elements // STREAM_ELEMENTS)
     chunks = parallel_chunks(n)   # only a kernel that gives each thread one contiguous chunk of n items
     for r in prange(...): ...
     threads_restore(prev)
@@ -34,6 +35,11 @@ from numba.extending import intrinsic
 from microtrain.config import NJIT
 
 SERIAL_WORK = 1 << 17  # element operations below which a kernel's loop stays on the calling thread
+# Elements per unit of work for the streaming kernels (widen_s8_f32, bias_add_clamp_f32, mask_pack_f32: one load,
+# a compare or convert, one store; clamp_f32_backward counts half as many): at ~0.07-0.1 ns per element they only
+# gain from a second thread above ~1.5-2 M elements on the 2-core VM (below, the wake-up costs more: e.g. widening
+# 524,288 elements took 34.6 us on one thread and 77.3 us on two; 3,276,800 took 215 and 156 us).
+STREAM_ELEMENTS = 16
 
 
 def _find_internals():
