@@ -96,11 +96,12 @@ def _set_width(typingctx, n):
     return types.void(types.int64), codegen
 
 
-# The thread count as of import, for where the width cannot be read at run time (JIT off, or MISSING). Never baked
-# into a cached kernel otherwise: Numba freezes a global into the compiled code, so a kernel first compiled by a
-# process with NUMBA_NUM_THREADS=1 would split its work into one chunk in every later process that loads it from the
-# cache (its loop then ran on one thread at any width: requantizing MCUNet's (102400, 32) 1x1 output at b25 took
-# 1.52 ms on 2 threads instead of 0.80, and its int8 inference 30 ms instead of 21.5).
+# The thread count as of import, for where the width cannot be read at run time (JIT off, or MISSING: there it is
+# baked into cached kernels, as before parallel_chunks). Never used otherwise: Numba freezes a global into the
+# compiled code, so a kernel first compiled by a process with NUMBA_NUM_THREADS=1 would split its work into one
+# chunk in every later process that loads it from the cache (its loop then ran on one thread at any width:
+# requantizing MCUNet's (102400, 32) 1x1 output at b25 took 1.52 ms on 2 threads instead of 0.80, and its int8
+# inference 30 ms instead of 21.5).
 STATIC_WIDTH = max(1, int(config.NUMBA_NUM_THREADS))
 
 if config.DISABLE_JIT:
