@@ -162,12 +162,19 @@ def requant_f64_params(mult, shift, reach=None):
 
 
 @njit(**NJIT)
+def _may_reach_limit(rq, bias, co):
+    """True if channel co may see |acc + bias| >= lim: reach[co] + |bias[co]| >= lim[co] (the bias as it is now;
+    it may train between calls)."""
+    return rq[3, co] + abs(np.float64(bias[co])) >= rq[2, co]
+
+
+@njit(**NJIT)
 def requant_checked_channels(rq, bias):
-    """How many channels may see |acc + bias| >= lim: reach[co] + |bias[co]| >= lim[co] (the bias as it is now; it
-    may train between calls). 0 means no element needs the limit test. O(Co), once per kernel call."""
+    """How many channels may see |acc + bias| >= lim (_may_reach_limit). 0 means no element needs the limit test.
+    O(Co), once per kernel call."""
     n = 0
     for co in range(rq.shape[1]):
-        if rq[3, co] + abs(np.float64(bias[co])) >= rq[2, co]:
+        if _may_reach_limit(rq, bias, co):
             n += 1
     return n
 
@@ -258,7 +265,7 @@ def requant_row_f64(y2, flag, acc2, bias, rq, mult, shift, y_zp, act_min, act_ma
         _row_f64(y2, flag, acc2, bias, rq, fz, flo, fhi, False, False)
     if checked:
         for co in range(CO):
-            if rq[3, co] + abs(np.float64(bias[co])) >= rq[2, co]:
+            if _may_reach_limit(rq, bias, co):
                 _redo_channel(y2, flag, acc2, bias, mult, shift, y_zp, act_min, act_max, flags, co, rq[2, co])
 
 
