@@ -30,8 +30,9 @@ right away, without starting threads. Consequences:
     and where /proc/self/maps cannot tell (not Linux), and where the OpenMP pool does not load.
 NumPy's OpenBLAS threads are the other half of the same contention; microtrain.blas_env shortens their spinning
 (BLAS_WAIT there says how). NUMBA_THREADING_LAYER, when set, is left to Numba and nothing here changes. Results do
-not depend on the layer or the thread count (every parallel kernel has a fixed reduction order). workqueue's own limit: it does not support
-parallel kernels launched concurrently from several Python threads of one process (microtrain never does).
+not depend on the layer or the thread count (every parallel kernel has a fixed reduction order). workqueue's own
+limit: it does not support parallel kernels launched concurrently from several Python threads of one process
+(microtrain never does).
 """
 
 import importlib
