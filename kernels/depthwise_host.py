@@ -14,7 +14,14 @@ What makes it faster than the reference (numbers in bench/README.md):
   first depthwise layer has C = 16, fewer than one unrolled AVX2 iteration of LLVM's vectorised loop, so the
   reference's channel loop most likely runs in its scalar remainder (measured: 9.3 -> 2.1 ms for that layer at
   batch 25). The fp32 kernels do the same over row segments (below).
-- Other strides: per output pixel, channels innermost, as the reference.
+- Stride s > 1, the same row-wise runs over the input row's stride phases: output ox reads input column
+  s * ox + kx - pad = s * (ox + q) + p (q, p the floor quotient and remainder of kx - pad by s), which is pixel ox + q
+  of phase p, the row of every s-th input pixel from column p. Each input row is split into its phases once and
+  kept in a ring of KH split rows (successive output rows reuse KH - s of them), so each tap is again one
+  contiguous run. MCUNet's stride-2 layers at batch 1 (one thread, min of 400 calls): (1, 64, 64, 32) 3x3
+  90-92 -> 53-55 us, (1, 32, 32, 48) 7x7 95-106 -> 55-57 us. Layers with fewer than TILED_STRIDED_ROWS output rows
+  (batch 1's last stages) run per output pixel, channels innermost, as the reference; so does any layer whose
+  row-wise weights and rows do not fit the stack row (SCRATCH_W8).
 - Inner loops index slices from 0. Numba gives an index that might be negative a wraparound branch, which stops
   LLVM from vectorising the loop (acc[c - c0] in the reference); a range index from 0 has none.
 - Requantization in float64 (exact: kernels/gemm_io.py's docstring), with the integer primitives for any element
@@ -53,6 +60,31 @@ def tile_taps(wt, w, s):
                 wo[c] = wk[c]
 
 
+@njit(**NJIT)
+def _tap_run(a_s, w_s, x_s, xz):
+    """One tap over a contiguous (ox, c) run: a_s += w_s * (x_s - xz), int32 (exact). Inner loops index slices
+    from 0: vectorised."""
+    for j in range(a_s.shape[0]):
+        a_s[j] += np.int32(w_s[j]) * (np.int32(x_s[j]) - xz)
+
+
+@njit(**NJIT)
+def _split_phases(dst, g0, xf, xrow, W, C, stride, PW):
+    """Deinterleave one input row (W pixels of C int8 at xf[xrow:]) into its stride phases: pixel j of phase p
+    (input column stride * j + p) to dst[g0 + (p * PW + j) * C:][:C]."""
+    for p in range(stride):
+        for j in range((W - p + stride - 1) // stride):
+            d = g0 + (p * PW + j) * C
+            src = xrow + (stride * j + p) * C
+            d_s = dst[d:d + C]
+            x_s = xf[src:src + C]
+            for c in range(C):
+                d_s[c] = x_s[c]
+
+
+TILED_STRIDED_ROWS = 8  # output rows (N * OH) from which a strided layer takes the row-wise (tiled) path
+
+
 def depthwise_host_fits(out_w, channels):
     """True if depthwise_conv_s8_host can run a layer with this output width and channel count: one output row of
     int32 sums (OW * C) must fit the per-thread stack row (SCRATCH_ACC)."""
@@ -89,9 +121,11 @@ def depthwise_conv_s8_host(y, mask, x, w, bias, rq, mult, shift, x_zp, y_zp, act
                gemm_io.requant_f64_params(mult, shift, reach); mult, shift (C,) s32. OW * C <= SCRATCH_ACC
                (depthwise_host_fits).
     Ownership: writes every element of y and, unless NO_MASK, every byte of mask; allocates nothing (per-thread
-               stack rows: the accumulator row, the row-wise weights and the row's in-range flags).
+               stack rows: the accumulator row, the row-wise weights, the row's in-range flags and, for stride > 1,
+               the ring of split input rows).
     Parallel:  prange over one contiguous chunk of (batch x output rows) per thread (the row-wise weights are built
-               once per chunk); disjoint rows of y and of mask; exact integer sums, so deterministic.
+               once per chunk, the ring starts empty in each); disjoint rows of y and of mask; exact integer sums,
+               so deterministic.
     """
     N, OH, OW, C = y.shape
     H = x.shape[1]
@@ -107,20 +141,32 @@ def depthwise_conv_s8_host(y, mask, x, w, bias, rq, mult, shift, x_zp, y_zp, act
                          "use depthwise_conv_s8")
     write_mask = mask_check(mask, N * OH, OW, C)
     checked = requant_checked_channels(rq, bias)
-    # stride 1 with room for the row-wise weights and, after them, the flag row
-    tiled = stride == 1 and (KH * KW + 1) * L <= SCRATCH_W8
+    PW = (W + stride - 1) // stride  # input pixels per stride phase (the first phase is the longest)
+    RS = stride * PW * C  # one input row split into its stride phases, in the int8 scratch
+    rows = N * OH
+    # room for the row-wise weights, the flag row after them and, for stride > 1, a ring of KH split input rows. With
+    # stride > 1 and few rows the per-pixel path is as fast (building the row-wise weights costs about as much as
+    # one row of MACs: e.g. (1, 8, 8, 240) 7x7 stride 2, 4 output rows: 15.0 us tiled, 12.5 per pixel)
+    tiled = ((KH * KW + 1) * L + (KH * RS if stride > 1 else 0) <= SCRATCH_W8
+             and (stride == 1 or rows >= TILED_STRIDED_ROWS))
     f0 = KH * KW * L if tiled else 0  # the flag row's offset in the int8 scratch
+    g0 = f0 + L  # the ring's offset (stride > 1): input row g = n * H + iy in slot g % KH, at g0 + (g % KH) * RS
     xz = np.int32(x_zp)
     xf = x.reshape(N * H * W * C)  # a view: the tiled path addresses whole input rows
-    rows = N * OH
-    prev = threads_for(y.size * w.shape[0] * w.shape[1])
+    # work in units of 16 MACs on the row-wise path, 4 per pixel. On the 2-core VM, at ~0.05-0.1 ns per MAC the
+    # row-wise path gains from a second thread only above ~2 M MACs (output shape: one thread / two, median of 100
+    # calls: (1, 16, 16, 48) 7x7, 0.6 M MACs, 41 / 61-85 us; (2, 64, 64, 16) 3x3, 1.2 M, 146 / 115 us; (8, 16, 16,
+    # 48) 7x7, 4.8 M, 301 / 299 us), per pixel (~0.3 ns per MAC) above ~0.5 M ((2, 32, 32, 32) 3x3 stride 2, 0.6 M:
+    # 212 / 151 us)
+    prev = threads_for(y.size * KH * KW // (16 if tiled else 4))
     chunks = parallel_chunks(rows)
     for t in prange(chunks):
         acc = scratch_acc_i32()  # (SCRATCH_ACC,) the row's int32 sums, element ox * C + c
-        wt = scratch_w_i8()  # (SCRATCH_W8,) row-wise weights [0, f0), then the row's in-range flags [f0, f0 + L)
+        wt = scratch_w_i8()  # (SCRATCH_W8,) row-wise weights [0, f0), the row's in-range flags [f0, g0), phases
         if tiled:
             tile_taps(wt, w, OW)
         flag = wt[f0:f0 + L]
+        last = -1  # the last input row (n * H + iy) split into the ring; the KH rows up to it are there
         r0, r1 = chunk_bounds(rows, chunks, t)
         for r in range(r0, r1):
             n = r // OH
@@ -130,7 +176,7 @@ def depthwise_conv_s8_host(y, mask, x, w, bias, rq, mult, shift, x_zp, y_zp, act
             ky1 = min(KH, H - iy0)
             for j in range(L):
                 acc[j] = 0
-            if tiled:
+            if tiled and stride == 1:
                 for ky in range(ky0, ky1):
                     xrow = ((n * H) + iy0 + ky) * W * C  # input row (n, iy) in xf
                     for kx in range(KW):
@@ -144,6 +190,25 @@ def depthwise_conv_s8_host(y, mask, x, w, bias, rq, mult, shift, x_zp, y_zp, act
                         x_s = xf[xrow + (ox0 + kx - pad) * C:xrow + (ox1 + kx - pad) * C]
                         for j in range(a_s.shape[0]):  # contiguous (ox, c) run: vectorised
                             a_s[j] += np.int32(w_s[j]) * (np.int32(x_s[j]) - xz)
+            elif tiled:
+                for ky in range(ky0, ky1):
+                    g = n * H + iy0 + ky
+                    slot = g0 + (g % KH) * RS
+                    if g > last:  # rows needed by successive output rows only grow, by stride per row, < KH apart
+                        _split_phases(wt, slot, xf, g * W * C, W, C, stride, PW)
+                        last = g
+                    for kx in range(KW):
+                        # output ox reads input column stride * ox + kx - pad = stride * (ox + q) + p: pixel ox + q
+                        # of phase p, so the tap's products are one contiguous run of that phase row
+                        q = (kx - pad) // stride  # floor division (Python's, also for negative ints)
+                        p = kx - pad - q * stride
+                        ox0 = max(0, -q)
+                        ox1 = min(OW, (W - p + stride - 1) // stride - q)  # the phase has that many pixels
+                        if ox1 > ox0:
+                            wb = (ky * KW + kx) * L
+                            pb = slot + (p * PW + q) * C
+                            _tap_run(acc[ox0 * C:ox1 * C], wt[wb + ox0 * C:wb + ox1 * C],
+                                     wt[pb + ox0 * C:pb + ox1 * C], xz)
             else:
                 for ox in range(OW):
                     ix0 = ox * stride - pad

@@ -1,10 +1,10 @@
 """kernels/depthwise_host.py (the "blas" backends' depthwise kernels).
 
-depthwise_conv_s8_host against tests/naive.py's integer depthwise conv: y and the 1-bit mask bit for bit, on both
-of its paths (stride 1 with row-wise weights; any stride per pixel), int32-wrapping biases (the float64
-requantization's integer fall-back), positive shifts and saturation; and against the reference kernel
-depthwise_conv_s8 on real layer shapes. The fp32 stride-1 forward and input gradient: bit for bit equal to the
-reference kernels (same per-element order), and within float32 rounding of float64 oracles."""
+depthwise_conv_s8_host against tests/naive.py's integer depthwise conv: y and the 1-bit mask bit for bit, on each
+of its paths (row-wise weights over input rows, for stride > 1 over their stride phases; any stride per pixel),
+int32-wrapping biases (the float64 requantization's integer fall-back), positive shifts and saturation; and against
+the reference kernel depthwise_conv_s8 on real layer shapes. The fp32 stride-1 forward and input gradient: bit for
+bit equal to the reference kernels (same per-element order), and within float32 rounding of float64 oracles."""
 
 import numpy as np
 import pytest
@@ -15,8 +15,9 @@ import naive
 from microtrain.graph import load_graph
 from microtrain.kernels.depthwise import depthwise_conv_f32, depthwise_conv_s8
 from microtrain.kernels.depthwise_backward import depthwise_conv_f32_backward_input
-from microtrain.kernels.depthwise_host import (depthwise_conv_f32_backward_input_host, depthwise_conv_f32_host,
-                                              depthwise_conv_s8_host, depthwise_f32_host_fits, depthwise_host_fits)
+from microtrain.kernels.depthwise_host import (TILED_STRIDED_ROWS, depthwise_conv_f32_backward_input_host,
+                                              depthwise_conv_f32_host, depthwise_conv_s8_host, depthwise_f32_host_fits,
+                                              depthwise_host_fits)
 from microtrain.kernels.gemm_io import requant_checked_channels, requant_f64_params, weight_reach
 from microtrain.kernels.mask import NO_MASK, mask_shape
 from microtrain.kernels.scratch import SCRATCH_ACC, SCRATCH_W8, SCRATCH_WF
@@ -58,6 +59,13 @@ CASES = {
     "k3_s3": dict(n=1, h=10, w=8, c=4, k=3, stride=3, pad=1),
     # stride 1, but (KH * KW + 1) * OW * C > SCRATCH_W8: the per-pixel path
     "k7_s1_rows_too_long_to_tile": dict(n=1, h=3, w=14, c=100, k=7, stride=1, pad=3),
+    # strided with at least TILED_STRIDED_ROWS output rows: the row-wise path over the input rows' stride phases
+    "k3_s2_tiled_two_images": dict(n=2, h=9, w=10, c=5, k=3, stride=2, pad=1),
+    "k3_s2_p0_tiled": dict(n=2, h=9, w=9, c=3, k=3, stride=2, pad=0),
+    "k7_s2_p3_tiled": dict(n=1, h=17, w=15, c=3, k=7, stride=2, pad=3),
+    "k5_s3_tiled": dict(n=2, h=14, w=11, c=4, k=5, stride=3, pad=2),
+    # strided, enough rows, but the row-wise weights and the ring of split rows exceed SCRATCH_W8: per pixel
+    "k7_s2_rows_too_long_to_tile": dict(n=1, h=16, w=14, c=150, k=7, stride=2, pad=3),
     "saturate": dict(n=1, h=6, w=6, c=4, k=3, stride=1, pad=1, saturate=True),
     "positive_shift": dict(n=1, h=5, w=5, c=4, k=3, stride=1, pad=1, eff_scale=4.0),
     "relu6": dict(n=1, h=5, w=7, c=9, k=5, stride=1, pad=2, act="relu6"),
@@ -69,9 +77,24 @@ CASES = {
 }
 
 
-def test_the_per_pixel_case_really_is_too_long_to_tile():
-    g = CASES["k7_s1_rows_too_long_to_tile"]
-    assert (g["k"] ** 2 + 1) * g["w"] * g["c"] > SCRATCH_W8 and g["w"] * g["c"] <= SCRATCH_ACC
+def _tiled(n, h, w, c, k, stride, pad, **_):
+    """Whether depthwise_conv_s8_host takes its row-wise path for this geometry (the kernel's own condition, restated:
+    the row-wise weights, the flag row and, for stride > 1, a ring of k input rows split into their stride phases
+    fit SCRATCH_W8, and a strided layer has at least TILED_STRIDED_ROWS output rows)."""
+    oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    ring = k * stride * -(-w // stride) * c if stride > 1 else 0
+    return (k * k + 1) * ow * c + ring <= SCRATCH_W8 and (stride == 1 or n * oh >= TILED_STRIDED_ROWS)
+
+
+def test_the_cases_take_the_path_their_names_say():
+    for name, g in CASES.items():
+        ow = (g["w"] + 2 * g["pad"] - g["k"]) // g["stride"] + 1
+        assert ow * g["c"] <= SCRATCH_ACC, name
+        if "too_long" in name:
+            assert not _tiled(**g) and (g["stride"] == 1 or g["n"] * ((g["h"] + 2 * g["pad"] - g["k"]) // g["stride"]
+                                                                      + 1) >= TILED_STRIDED_ROWS), name
+        elif "tiled" in name:
+            assert _tiled(**g) and g["stride"] > 1, name
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -98,6 +121,28 @@ def geometry(draw):
        st.booleans(), st.booleans())
 def test_depthwise_host_hypothesis(geom, seed, saturate, act, extreme_bias, reach):
     run(seed, **geom, saturate=saturate, act=act, extreme_bias=extreme_bias, reach=reach)
+
+
+@st.composite
+def strided_tiled_geometry(draw):
+    """Stride 2 or 3 with at least TILED_STRIDED_ROWS output rows (the row-wise path over stride phases), odd and
+    even sizes, an image boundary inside a thread's chunk when n > 1."""
+    k = draw(st.sampled_from([1, 3, 5, 7]))
+    pad = draw(st.integers(0, k // 2))
+    stride = draw(st.sampled_from([2, 3]))
+    n = draw(st.integers(1, 3))
+    oh = draw(st.integers(-(-TILED_STRIDED_ROWS // n), 9))  # n * oh >= TILED_STRIDED_ROWS
+    h = (oh - 1) * stride + k - 2 * pad + draw(st.integers(0, stride - 1))  # any h with that many output rows
+    w = draw(st.integers(max(1, k - 2 * pad), 15))
+    return dict(n=n, h=h, w=w, c=draw(st.integers(1, 20)), k=k, stride=stride, pad=pad)
+
+
+@kernel_settings(30)
+@given(strided_tiled_geometry(), st.integers(0, 2 ** 32 - 1), st.sampled_from([None, "relu6", "random"]),
+       st.booleans(), st.booleans())
+def test_depthwise_host_strided_row_wise_hypothesis(geom, seed, act, extreme_bias, reach):
+    assert _tiled(**geom)
+    run(seed, **geom, act=act, extreme_bias=extreme_bias, reach=reach)
 
 
 @pytest.mark.parametrize("name", ["k3_s1_p1_c16_mcunet_first", "k3_s2_odd", "relu6", "saturate"])
