@@ -45,7 +45,7 @@ from microtrain.config import NJIT, NJIT_PARALLEL
 
 from .mask import mask_check, mask_flush_row, mask_pack_row, mask_put_bit
 from .requant import INT32_MIN, clamp, mbqm
-from .scratch import SCRATCH_W8, chunk_bounds, scratch_w_i8
+from .scratch import SCRATCH_W8, SCRATCH_WF, chunk_bounds, scratch_w_f32, scratch_w_i8
 from .threads import STREAM_ELEMENTS, parallel_chunks, threads_for, threads_restore
 
 
@@ -109,8 +109,13 @@ def im2col_f32(cols, x, x_zp, kh, kw, stride, pad):
                (and OW alike).
     Exactness: float32(x) - float32(x_zp) is exact for int8 x and zp (integers below 2^8); x - 0.0 == x for floats.
     Padding:   taps outside the image are 0, as TFLM pads with x_zp (x_zp - x_zp = 0) and fp32 convs with 0.
-    Ownership: writes every element of cols; allocates nothing.
-    Parallel:  prange over (n, oy) output rows; disjoint writes.
+    Method:    per output row and kernel row ky, the input row is converted once into a zero-padded float32 stack row
+               (W + 2 * pad pixels); each output pixel's KW * Ci columns of that kernel row are then one contiguous
+               run of it, copied without a test per tap. (Converting per tap, with a bounds test each: 2.2-2.3 ms
+               for the stem's (25, 128, 128, 3) 3x3 stride 2 on one thread.) Rows wider than the stack row
+               (SCRATCH_WF floats) take the per-tap loop.
+    Ownership: writes every element of cols; allocates nothing (a per-thread stack row).
+    Parallel:  prange over one contiguous chunk of (n, oy) output rows per thread; disjoint writes.
     """
     N, H, W, CI = x.shape
     OH = (H + 2 * pad - kh) // stride + 1
@@ -118,24 +123,64 @@ def im2col_f32(cols, x, x_zp, kh, kw, stride, pad):
     if cols.shape[0] != N * OH * OW or cols.shape[1] != kh * kw * CI:
         raise ValueError("im2col_f32: inconsistent shapes")
     z = np.float32(x_zp)
+    RW = kw * CI  # one kernel row's columns
+    WP = (W + 2 * pad) * CI  # the padded row, in elements
+    rows = N * OH
     prev = threads_for(cols.size)
-    for r in prange(N * OH):
-        n = r // OH
-        oy = r - n * OH
-        for ox in range(OW):
-            p = r * OW + ox
+    chunks = parallel_chunks(rows)
+    for t in prange(chunks):
+        xp = scratch_w_f32()  # (SCRATCH_WF,) the padded, converted input row: xp[(ix + pad) * Ci + ci]
+        r0, r1 = chunk_bounds(rows, chunks, t)
+        for r in range(r0, r1):
+            n = r // OH
+            oy = r - n * OH
+            if WP > SCRATCH_WF:
+                _im2col_row_taps(cols, x, z, kh, kw, stride, pad, n, oy, r * OW, OW)
+                continue
             for ky in range(kh):
                 iy = oy * stride - pad + ky
-                for kx in range(kw):
-                    ix = ox * stride - pad + kx
-                    c0 = (ky * kw + kx) * CI
-                    if iy < 0 or iy >= H or ix < 0 or ix >= W:
-                        for ci in range(CI):
-                            cols[p, c0 + ci] = 0.0
-                    else:
-                        for ci in range(CI):
-                            cols[p, c0 + ci] = np.float32(x[n, iy, ix, ci]) - z
+                c0 = ky * RW
+                if iy < 0 or iy >= H:
+                    for ox in range(OW):
+                        d_s = cols[r * OW + ox, c0:c0 + RW]
+                        for j in range(RW):
+                            d_s[j] = 0.0
+                    continue
+                for j in range(pad * CI):
+                    xp[j] = 0.0
+                    xp[WP - 1 - j] = 0.0
+                src = x[n, iy].reshape(W * CI)
+                body = xp[pad * CI:pad * CI + W * CI]
+                for j in range(W * CI):  # flat: vectorised
+                    body[j] = np.float32(src[j]) - z
+                for ox in range(OW):
+                    d_s = cols[r * OW + ox, c0:c0 + RW]
+                    s_s = xp[ox * stride * CI:ox * stride * CI + RW]
+                    for j in range(RW):
+                        d_s[j] = s_s[j]
     threads_restore(prev)
+
+
+@njit(**NJIT)
+def _im2col_row_taps(cols, x, z, kh, kw, stride, pad, n, oy, p0, OW):
+    """im2col_f32's columns of output row (n, oy) (cols rows p0 .. p0 + OW - 1), converted tap by tap: for rows too
+    wide for the stack row."""
+    H = x.shape[1]
+    W = x.shape[2]
+    CI = x.shape[3]
+    for ox in range(OW):
+        p = p0 + ox
+        for ky in range(kh):
+            iy = oy * stride - pad + ky
+            for kx in range(kw):
+                ix = ox * stride - pad + kx
+                c0 = (ky * kw + kx) * CI
+                if iy < 0 or iy >= H or ix < 0 or ix >= W:
+                    for ci in range(CI):
+                        cols[p, c0 + ci] = 0.0
+                else:
+                    for ci in range(CI):
+                        cols[p, c0 + ci] = np.float32(x[n, iy, ix, ci]) - z
 
 
 RQ_ROWS = 4  # requant_f64_params' rows: mf, rs, lim, reach

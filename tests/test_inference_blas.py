@@ -126,6 +126,49 @@ def test_widen_equals_int64_subtraction(rows, cols, x_zp, seed):
     assert np.array_equal(xf, (x.astype(np.int64) - x_zp).astype(np.float32))
 
 
+def naive_im2col(x, x_zp, k, stride, pad):
+    """(N * OH * OW, k * k * Ci) float64 patches of x - x_zp, zero outside the image, columns in (ky, kx, ci) order."""
+    n, h, w, ci = x.shape
+    xp = np.zeros((n, h + 2 * pad, w + 2 * pad, ci))
+    xp[:, pad:pad + h, pad:pad + w] = x.astype(np.float64) - x_zp
+    oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    taps = [xp[:, ky:ky + stride * (oh - 1) + 1:stride, kx:kx + stride * (ow - 1) + 1:stride] for ky in range(k)
+            for kx in range(k)]
+    return np.stack(taps, axis=3).reshape(n * oh * ow, k * k * ci)
+
+
+@kernel_settings(40)
+@given(st.integers(1, 2), st.integers(1, 12), st.integers(1, 12), st.sampled_from([1, 3, 5, 1400]),
+       st.sampled_from([1, 3, 5, 7]), st.integers(1, 3), st.integers(0, 3), st.booleans(), st.integers(0, 2 ** 32 - 1))
+def test_im2col_equals_naive_patches(n, h, w, ci, k, stride, pad, floats, seed):
+    """Every column of every row, int8 (x - x_zp) and float32 (x - 0.0: NaN and -0.0 kept) inputs; 1400 channels
+    make the padded row wider than the stack row (SCRATCH_WF), so that case takes the per-tap loop."""
+    if h + 2 * pad < k or w + 2 * pad < k:
+        return  # no output pixel
+    rng = np.random.default_rng(seed)
+    if floats:
+        x = rng.normal(0, 3, (n, h, w, ci)).astype(np.float32)
+        x.reshape(-1)[:2] = (np.nan, -0.0)[:x.size]
+        x_zp = 0.0
+    else:
+        x = rng.integers(-128, 128, (n, h, w, ci)).astype(np.int8)
+        x_zp = int(rng.integers(-128, 128))
+    want = naive_im2col(x, x_zp, k, stride, pad)
+    cols = np.full(want.shape, 123.0, np.float32)
+    im2col_f32(cols, x, x_zp, k, k, stride, pad)
+    assert cols.astype(np.float64).tobytes() == want.tobytes()  # NaN and -0.0 compared as bits
+
+
+@pytest.mark.parametrize("w,ci", [(5, 3000), (40, 3)], ids=["wider_than_the_stack_row", "stem_like"])
+def test_im2col_both_paths(w, ci):
+    from microtrain.kernels.scratch import SCRATCH_WF
+    assert ((w + 2) * ci > SCRATCH_WF) == (ci == 3000)
+    x = np.random.default_rng(1).integers(-128, 128, (2, 6, w, ci)).astype(np.int8)
+    cols = np.full(((6 // 2) * ((w + 2 - 3) // 2 + 1) * 2, 9 * ci), np.nan, np.float32)
+    im2col_f32(cols, x, -5, 3, 3, 2, 1)
+    np.testing.assert_array_equal(cols, naive_im2col(x, -5, 3, 2, 1))
+
+
 def test_gemm_ends_reject_inconsistent_shapes():
     with pytest.raises(ValueError):
         widen_s8_f32(np.zeros((3, 4), np.float32), np.zeros((3, 5), np.int8), 0)
