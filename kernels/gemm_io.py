@@ -27,12 +27,17 @@ With mf = M * 2^(left - 31) and rs = 2^-right (both exact float64), for |a| < li
   pre-shift cannot overflow. Elements with |a| >= lim (rare: real accumulators are far below 2^21) are redone with
   the integer primitives, row by row. The float form vectorises (AVX2 has 4-lane float64 floor, multiply and
   compare; it has no 64-bit integer multiply or arithmetic shift, which the integer form needs).
+As computed (_row_f64), with fewer vector operations and the same values: the bias is folded into a per-channel
+offset, floor(acc * mf + (bias * mf + 0.5)), exact when also |bias| < lim (bias * mf + 0.5 is then exact, |acc| <
+2 lim makes acc * mf exact, and the sum is the exact (acc + bias) * mf + 0.5); the conversion to int32 truncates, so
+it replaces trunc; + y_zp and the clamp run in int32. Channels with |bias| >= lim are redone whole.
 The per-element test |a| >= lim is skipped where it cannot fire: a layer binds rq with reach[co], a bound on
 |acc| from its weights (weight_reach: sum_k |w[co, k]| * max|x - x_zp|, or the int8 worst case 127 * K * max|x -
 x_zp| for a weight that trains), and each call first counts the channels with reach[co] + |bias[co]| >= lim[co]
 (requant_checked_channels: O(Co), with the bias as it is now, since biases may train). With none, the row loop
-runs without the test (0.56-0.58 -> 0.47-0.49 ns per element, one core, no mask); with a few (real int8 models
-saturate the int32 bias of some dead channels), only those channels are scanned after it (requant_row_f64).
+runs without the test (0.56-0.58 -> 0.47-0.49 ns per element, one core, no mask; 0.32 as computed now); with a
+few (real int8 models saturate the int32 bias of some dead channels), only those channels are scanned after it
+(requant_row_f64).
 Likewise the in-range flags (the 1-bit mask's bits) are only formed when a mask is written.
 Host only: firmware runs the loop kernels (their C twins); the GEMM's float32 buffers are host memory outside
 the planned arena (Inference.host_bytes).
@@ -45,7 +50,8 @@ from microtrain.config import NJIT, NJIT_PARALLEL
 
 from .mask import mask_check, mask_flush_row, mask_pack_row, mask_put_bit
 from .requant import INT32_MIN, clamp, mbqm
-from .scratch import SCRATCH_W8, SCRATCH_WF, chunk_bounds, scratch_w_f32, scratch_w_i8
+from .scratch import (SCRATCH_ACC, SCRATCH_W8, SCRATCH_WF, chunk_bounds, scratch_acc_like, scratch_w_f32,
+                      scratch_w_i8)
 from .threads import STREAM_ELEMENTS, parallel_chunks, threads_for, threads_restore
 
 
@@ -225,13 +231,6 @@ def requant_checked_channels(rq, bias):
 
 
 @njit(**NJIT)
-def _requant_f64(a, mf, rs, yz):
-    """mbqm(a, M, shift) + y_zp in float64 for |a| < lim (module docstring): floor-half-up, then half away."""
-    t = np.floor(a * mf + 0.5) * rs
-    return np.trunc(t + np.copysign(0.5, t)) + yz
-
-
-@njit(**NJIT)
 def _requant_int(acc, bias, mult, shift, yz):
     """The integer form: int32 acc + bias (C's wrapping add), mbqm, + y_zp; int64 result before the clamp."""
     a = np.int64(acc) + np.int64(bias)  # exact: |acc| <= 2^24
@@ -240,8 +239,15 @@ def _requant_int(acc, bias, mult, shift, yz):
 
 
 @njit(**NJIT)
-def _row_f64(y2, flag, acc2, bias, rq, fz, flo, fhi, flags, check):
+def _row_f64(y2, flag, acc2, bias, rq, off, yz, lo, hi, flags, check):
     """requant_row_f64's float64 pass; returns whether any |acc + bias| reached its limit (only if check).
+
+    Per element (module docstring, "Requantization in float64"): s = floor(acc * mf + off) with off = bias * mf +
+    0.5 (the caller's, per channel), t = s * rs, then RDBPOT's half away from zero as a conversion to int32 of
+    t + copysign(0.5, t) (the conversion truncates), + y_zp and the clamp in int32. Exact where |acc + bias| < lim
+    and |bias| < lim (then bias * mf + 0.5 and acc * mf are exact and their sum is (acc + bias) * mf + 0.5 exactly:
+    a multiple of 2^(left - 31) below 2^21 + 1). (One core, no mask: 0.485 ns per element with the bias added
+    per element, a float64 trunc and a float64 clamp; 0.39 with the int32 tail; 0.32 with the bias folded.)
 
     flags and check are loop-invariant: requant_row_f64 calls this with literal values, so after inlining LLVM
     compiles four loops, each without the work it does not need (a runtime test inside one loop measured 0.67
@@ -253,23 +259,24 @@ def _row_f64(y2, flag, acc2, bias, rq, fz, flo, fhi, flags, check):
         f_s = flag[ox * CO:ox * CO + CO]
         y_s = y2[ox]
         for co in range(CO):  # float64 lanes, no branch
-            a = np.float64(a_s[co]) + np.float64(bias[co])
-            v = _requant_f64(a, rq[0, co], rq[1, co], fz)
+            a = np.float64(a_s[co])
+            t = np.floor(a * rq[0, co] + off[co]) * rq[1, co]
+            v = np.int32(np.int32(t + np.copysign(0.5, t)) + yz)
             if flags:
-                f_s[co] = np.int8(v >= flo) & np.int8(v <= fhi)
-            y_s[co] = np.int8(np.int32(min(max(v, flo), fhi)))
+                f_s[co] = np.int8(v >= lo) & np.int8(v <= hi)
+            y_s[co] = np.int8(min(max(v, lo), hi))
             if check:
-                far |= abs(a) >= rq[2, co]
+                far |= abs(a + np.float64(bias[co])) >= rq[2, co]
     return far
 
 
 @njit(**NJIT)
-def _redo_channel(y2, flag, acc2, bias, mult, shift, y_zp, act_min, act_max, flags, co, lim):
-    """Channel co's elements with |acc + bias| >= lim, redone with the integer primitives (acc + bias wrapped to
-    int32, requant.mbqm, clamp)."""
+def _redo_channel(y2, flag, acc2, bias, mult, shift, y_zp, act_min, act_max, flags, co, lim, every):
+    """Channel co's elements with |acc + bias| >= lim (every element if every), redone with the integer primitives
+    (acc + bias wrapped to int32, requant.mbqm, clamp)."""
     W, CO = y2.shape
     for ox in range(W):
-        if abs(np.float64(acc2[ox, co]) + np.float64(bias[co])) >= lim:
+        if every or abs(np.float64(acc2[ox, co]) + np.float64(bias[co])) >= lim:
             v = _requant_int(acc2[ox, co], bias[co], mult[co], shift[co], np.int64(y_zp))
             if flags:
                 flag[ox * CO + co] = np.int8(v >= act_min and v <= act_max)
@@ -285,33 +292,48 @@ def requant_row_f64(y2, flag, acc2, bias, rq, mult, shift, y_zp, act_min, act_ma
                bit, kernels/mask.py), else 0 (unused if not flags); acc2 (W, Co) int32 or float32 exact integer
                sums (before the bias); bias (Co,) s32; rq (4, Co) = requant_f64_params(mult, shift, reach);
                mult, shift (Co,) s32; checked = requant_checked_channels(rq, bias) (the caller's, once per call).
-    Method:    the float64 form (module docstring) over the whole block, branch-free so it vectorises. Elements
-               with |acc + bias| >= lim (rare) are then redone with the integer primitives. Which elements may be
-               beyond: none if checked == 0; if a few channels may be (checked <= Co / 8: real layers with a
-               saturated int32 bias in some channels), the loop runs without the test and those channels are
-               scanned after it; else the loop tests every element and, if one was beyond, every channel is
-               scanned. The shared tail of requantize_acc_f32_s8, requantize_acc_f32_s8_mask and
-               depthwise_host.depthwise_conv_s8_host.
+    Method:    the float64 form (module docstring; _row_f64) over the whole block, branch-free so it vectorises,
+               with the per-channel offsets bias * mf + 0.5 formed first in a stack row (the bias may change
+               between calls: it trains). Elements with |acc + bias| >= lim, and every element of a channel with
+               |bias| >= lim (its offset may have rounded), are then redone with the integer primitives. Which
+               elements may be beyond: none if checked == 0 (reach + |bias| < lim bounds both); if a few channels
+               may be (checked <= Co / 8: real layers with a saturated int32 bias in some channels), the loop runs
+               without the test and those channels are scanned after it; else the loop tests every element and, if
+               one was beyond or a bias is, every channel is scanned. Rows of more than SCRATCH_ACC channels (no
+               room for the offsets) are written with the integer primitives. The shared tail of
+               requantize_acc_f32_s8, requantize_acc_f32_s8_mask and depthwise_host.depthwise_conv_s8_host.
     """
     W, CO = y2.shape
-    fz, flo, fhi = np.float64(y_zp), np.float64(act_min), np.float64(act_max)
+    if CO > SCRATCH_ACC:
+        for co in range(CO):
+            _redo_channel(y2, flag, acc2, bias, mult, shift, y_zp, act_min, act_max, flags, co, 0.0, True)
+        return
+    off = scratch_acc_like(rq)  # (SCRATCH_ACC,) float64: bias * mf + 0.5 per channel
+    bias_far = False
+    for co in range(CO):
+        b = np.float64(bias[co])
+        off[co] = b * rq[0, co] + 0.5
+        bias_far |= abs(b) >= rq[2, co]
+    yz, lo, hi = np.int32(y_zp), np.int32(act_min), np.int32(act_max)
     if checked * 8 > CO:
         if flags:
-            far = _row_f64(y2, flag, acc2, bias, rq, fz, flo, fhi, True, True)
+            far = _row_f64(y2, flag, acc2, bias, rq, off, yz, lo, hi, True, True)
         else:
-            far = _row_f64(y2, flag, acc2, bias, rq, fz, flo, fhi, False, True)
-        if far:
+            far = _row_f64(y2, flag, acc2, bias, rq, off, yz, lo, hi, False, True)
+        if far or bias_far:
             for co in range(CO):
-                _redo_channel(y2, flag, acc2, bias, mult, shift, y_zp, act_min, act_max, flags, co, rq[2, co])
+                _redo_channel(y2, flag, acc2, bias, mult, shift, y_zp, act_min, act_max, flags, co, rq[2, co],
+                              abs(np.float64(bias[co])) >= rq[2, co])
         return
     if flags:
-        _row_f64(y2, flag, acc2, bias, rq, fz, flo, fhi, True, False)
+        _row_f64(y2, flag, acc2, bias, rq, off, yz, lo, hi, True, False)
     else:
-        _row_f64(y2, flag, acc2, bias, rq, fz, flo, fhi, False, False)
+        _row_f64(y2, flag, acc2, bias, rq, off, yz, lo, hi, False, False)
     if checked:
         for co in range(CO):
             if _may_reach_limit(rq, bias, co):
-                _redo_channel(y2, flag, acc2, bias, mult, shift, y_zp, act_min, act_max, flags, co, rq[2, co])
+                _redo_channel(y2, flag, acc2, bias, mult, shift, y_zp, act_min, act_max, flags, co, rq[2, co],
+                              abs(np.float64(bias[co])) >= rq[2, co])
 
 
 @njit(**NJIT_PARALLEL)

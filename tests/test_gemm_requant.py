@@ -12,7 +12,7 @@ import naive
 from microtrain.kernels.gemm_io import (requant_checked_channels, requant_f64_params, requantize_acc_f32_s8,
                                         requantize_acc_f32_s8_mask, weight_reach, widest_input)
 from microtrain.kernels.mask import NO_MASK
-from microtrain.kernels.scratch import SCRATCH_W8
+from microtrain.kernels.scratch import SCRATCH_ACC, SCRATCH_W8
 from settings import kernel_settings
 
 I32 = np.iinfo(np.int32)
@@ -190,7 +190,7 @@ def test_the_float64_form_is_wrong_beyond_its_limit_so_such_elements_are_redone(
     assert naive.requant_pre_s8(b["acc"], b["mult"], b["shift"], 0) == b["integer"]
     left, right = max(b["shift"], 0), max(-b["shift"], 0)
     t = np.floor(b["acc"] * np.ldexp(float(b["mult"]), left - 31) + 0.5) * np.ldexp(1.0, -right)
-    assert np.trunc(t + np.copysign(0.5, t)) == b["float64"]  # gemm_io._requant_f64's arithmetic, in NumPy
+    assert np.trunc(t + np.copysign(0.5, t)) == b["float64"]  # the float64 form (gemm_io._row_f64), in NumPy
     # every channel may reach the limit (no bound known; or all bound beyond it): the loop tests each element
     assert _beyond_limit_row(None) == (b["integer"],) * 2
     assert _beyond_limit_row(np.full(9, b["acc"])) == (b["integer"],) * 2
@@ -198,6 +198,57 @@ def test_the_float64_form_is_wrong_beyond_its_limit_so_such_elements_are_redone(
     one = np.full(9, 3)
     one[0] = b["acc"]
     assert _beyond_limit_row(one) == (b["integer"],) * 2
+
+
+# A bias beyond the limit that the accumulator cancels: |acc + bias| = 3 is far inside the limit 2^21, but the float64
+# pass folds the bias into a per-channel offset bias * mf + 0.5, and bias * M needs 55 bits, so that offset rounds;
+# floor(acc * mf + offset) then gives SRDHM + 1 = 2 where SRDHM is 1, on RDBPOT's tie for a right shift of 1 (found
+# by searching small sums a with a * M + 2^30 = -1 or -2 mod 2^31). The integer reference gives 1, the folded form 2.
+BIAS_BEYOND_LIMIT = dict(acc=-(1 << 24), bias=(1 << 24) + 3, mult=1789569706, shift=-1, integer=1, folded=2)
+
+
+def test_a_channel_whose_bias_is_beyond_the_limit_is_redone_even_where_acc_cancels_it():
+    b = BIAS_BEYOND_LIMIT
+    assert naive.requant_pre_s8(b["acc"] + b["bias"], b["mult"], b["shift"], 0) == b["integer"]
+    mf = np.ldexp(float(b["mult"]), -31)
+    t = np.floor(b["acc"] * mf + (b["bias"] * mf + 0.5)) * 0.5
+    assert np.trunc(t + np.copysign(0.5, t)) == b["folded"]  # gemm_io._row_f64's arithmetic, in NumPy
+    co = 9
+    acc = np.full((2, co), 3, np.float32)
+    acc[1, 0] = b["acc"]
+    bias = np.zeros(co, np.int32)
+    bias[0] = b["bias"]
+    mult, shift = np.full(co, b["mult"], np.int32), np.full(co, b["shift"], np.int32)
+    want, in_range = expected(acc, bias, mult, shift, 0, -128, 127)
+    assert want[1, 0] == b["integer"]
+    one = np.full(co, 3)
+    one[0] = 1 << 24
+    for reach in (None, one):  # every element tested; or only channel 0 may reach the limit, scanned after
+        rq = requant_f64_params(mult, shift, reach)
+        assert requant_checked_channels(rq, bias) == (co if reach is None else 1)
+        y = np.empty((2, co), np.int8)
+        requantize_acc_f32_s8(y, acc, bias, rq, mult, shift, 0, -128, 127)
+        np.testing.assert_array_equal(y, want)
+        y4, mask = np.empty((1, 1, 2, co), np.int8), np.empty((1, 3), np.uint8)
+        requantize_acc_f32_s8_mask(y4, mask, acc.reshape(1, 1, 2, co), bias, rq, mult, shift, 0, -128, 127)
+        np.testing.assert_array_equal(y4.reshape(2, co), want)
+
+
+def test_more_channels_than_the_offset_row_holds_take_the_integer_primitives():
+    """Co > SCRATCH_ACC leaves no stack room for the per-channel offsets: the row is written with the integer
+    primitives, still bit for bit (biases at the int32 extremes included)."""
+    co = SCRATCH_ACC + 3
+    rng = np.random.default_rng(5)
+    acc = rng.integers(-(1 << 24), (1 << 24) + 1, (2, co)).astype(np.float32)
+    bias = rng.integers(-5000, 5000, co).astype(np.int32)
+    bias[:2] = I32.min, I32.max
+    mult = rng.integers(1 << 30, I32.max, co).astype(np.int32)
+    shift = rng.integers(-20, -10, co).astype(np.int32)
+    want, _ = expected(acc, bias, mult, shift, -3, -100, 90)
+    y = np.empty((2, co), np.int8)
+    requantize_acc_f32_s8(y, acc, bias, requant_f64_params(mult, shift), mult, shift, -3, -100, 90)
+    np.testing.assert_array_equal(y, want)
+    assert 0.05 < np.mean((want > -100) & (want < 90))  # not all clamped
 
 
 def test_a_reach_that_understates_acc_is_trusted():
