@@ -17,7 +17,7 @@ The last stage, RDBPOT(SRDHM(u_a + u_b, M_y), -s_y) + y_zp, uses the same intege
 import numpy as np
 from numba import njit, prange
 
-from microtrain.config import NJIT_PARALLEL
+from microtrain.config import NJIT, NJIT_PARALLEL
 
 from .mask import mask_check, mask_pack_row
 from .requant import ADD_LEFT_SHIFT, clamp, rdbpot, srdhm
@@ -59,25 +59,39 @@ def add_s8_host(y, mask, a, b, a_zp, a_mult, a_shift, b_zp, b_mult, b_shift, y_z
     rows = N * H
     prev = threads_for(y.size)
     chunks = parallel_chunks(rows)
-    for t in prange(chunks):
-        lut = scratch_acc_i32()  # [0, 256): u_a of a = q - 128; [256, 512): u_b of b = q - 128 (|u| < 2^28)
-        flag = scratch_w_i8()  # (SCRATCH_W8,) the row's in-range flags, 0 or 1
-        for q in range(256):
-            lut[q] = np.int32(rdbpot(srdhm((np.int64(q - 128) - a_zp) << ADD_LEFT_SHIFT, a_mult), -np.int64(a_shift)))
-            lut[256 + q] = np.int32(rdbpot(srdhm((np.int64(q - 128) - b_zp) << ADD_LEFT_SHIFT, b_mult),
-                                           -np.int64(b_shift)))
-        r0, r1 = chunk_bounds(rows, chunks, t)
-        for r in range(r0, r1):
-            n = r // H
-            h = r - n * H
-            ar = a[n, h].reshape(L)
-            br = b[n, h].reshape(L)
-            yr = y[n, h].reshape(L)
-            for j in range(L):  # table indices are in [0, 512): unsigned, no wraparound branch
-                s = np.int64(lut[np.uint32(np.int32(ar[j]) + 128)]) + np.int64(lut[np.uint32(np.int32(br[j]) + 384)])
-                v = rdbpot(srdhm(s, y_mult), ey) + yz
-                flag[j] = np.int8(v >= act_min) & np.int8(v <= act_max)
-                yr[j] = np.int8(clamp(v, act_min, act_max))
-            if write_mask:
-                mask_pack_row(mask, r, flag, L)
+    if chunks == 1:  # one thread: no parallel launch (threads.py, "Serial calls")
+        _add_chunk(y, mask, a, b, a_zp, a_mult, a_shift, b_zp, b_mult, b_shift, yz, y_mult, ey, act_min, act_max,
+                   write_mask, 0, 1)
+    else:
+        for t in prange(chunks):
+            _add_chunk(y, mask, a, b, a_zp, a_mult, a_shift, b_zp, b_mult, b_shift, yz, y_mult, ey, act_min, act_max,
+                       write_mask, t, chunks)
     threads_restore(prev)
+
+
+@njit(**NJIT)
+def _add_chunk(y, mask, a, b, a_zp, a_mult, a_shift, b_zp, b_mult, b_shift, yz, y_mult, ey, act_min, act_max,
+               write_mask, t, chunks):
+    """add_s8_host's image rows of chunk t of `chunks` (its per-thread tables and flag row live here)."""
+    N, H, W, C = y.shape
+    L = W * C
+    lut = scratch_acc_i32()  # [0, 256): u_a of a = q - 128; [256, 512): u_b of b = q - 128 (|u| < 2^28)
+    flag = scratch_w_i8()  # (SCRATCH_W8,) the row's in-range flags, 0 or 1
+    for q in range(256):
+        lut[q] = np.int32(rdbpot(srdhm((np.int64(q - 128) - a_zp) << ADD_LEFT_SHIFT, a_mult), -np.int64(a_shift)))
+        lut[256 + q] = np.int32(rdbpot(srdhm((np.int64(q - 128) - b_zp) << ADD_LEFT_SHIFT, b_mult),
+                                       -np.int64(b_shift)))
+    r0, r1 = chunk_bounds(N * H, chunks, t)
+    for r in range(r0, r1):
+        n = r // H
+        h = r - n * H
+        ar = a[n, h].reshape(L)
+        br = b[n, h].reshape(L)
+        yr = y[n, h].reshape(L)
+        for j in range(L):  # table indices are in [0, 512): unsigned, no wraparound branch
+            s = np.int64(lut[np.uint32(np.int32(ar[j]) + 128)]) + np.int64(lut[np.uint32(np.int32(br[j]) + 384)])
+            v = rdbpot(srdhm(s, y_mult), ey) + yz
+            flag[j] = np.int8(v >= act_min) & np.int8(v <= act_max)
+            yr[j] = np.int8(clamp(v, act_min, act_max))
+        if write_mask:
+            mask_pack_row(mask, r, flag, L)

@@ -160,72 +160,90 @@ def depthwise_conv_s8_host(y, mask, x, w, bias, rq, mult, shift, x_zp, y_zp, act
     # 212 / 151 us)
     prev = threads_for(y.size * KH * KW // (16 if tiled else 4))
     chunks = parallel_chunks(rows)
-    for t in prange(chunks):
-        acc = scratch_acc_i32()  # (SCRATCH_ACC,) the row's int32 sums, element ox * C + c
-        wt = scratch_w_i8()  # (SCRATCH_W8,) row-wise weights [0, f0), the row's in-range flags [f0, g0), phases
-        if tiled:
-            tile_taps(wt, w, OW)
-        flag = wt[f0:f0 + L]
-        last = -1  # the last input row (n * H + iy) split into the ring; the KH rows up to it are there
-        r0, r1 = chunk_bounds(rows, chunks, t)
-        for r in range(r0, r1):
-            n = r // OH
-            oy = r - n * OH
-            iy0 = oy * stride - pad
-            ky0 = max(0, -iy0)  # taps inside the image; outside ones add (x_zp - x_zp) * w = 0
-            ky1 = min(KH, H - iy0)
-            for j in range(L):
-                acc[j] = 0
-            if tiled and stride == 1:
-                for ky in range(ky0, ky1):
-                    xrow = ((n * H) + iy0 + ky) * W * C  # input row (n, iy) in xf
-                    for kx in range(KW):
-                        ox0 = max(0, pad - kx)  # outputs whose input column ox + kx - pad is in [0, W)
-                        ox1 = min(OW, W + pad - kx)
-                        if ox1 <= ox0:
-                            continue
-                        wb = (ky * KW + kx) * L
-                        a_s = acc[ox0 * C:ox1 * C]
-                        w_s = wt[wb + ox0 * C:wb + ox1 * C]
-                        x_s = xf[xrow + (ox0 + kx - pad) * C:xrow + (ox1 + kx - pad) * C]
-                        for j in range(a_s.shape[0]):  # contiguous (ox, c) run: vectorised
-                            a_s[j] += np.int32(w_s[j]) * (np.int32(x_s[j]) - xz)
-            elif tiled:
-                for ky in range(ky0, ky1):
-                    g = n * H + iy0 + ky
-                    slot = g0 + (g % KH) * RS
-                    if g > last:  # rows needed by successive output rows only grow, by stride per row, < KH apart
-                        _split_phases(wt, slot, xf, g * W * C, W, C, stride, PW)
-                        last = g
-                    for kx in range(KW):
-                        # output ox reads input column stride * ox + kx - pad = stride * (ox + q) + p: pixel ox + q
-                        # of phase p, so the tap's products are one contiguous run of that phase row
-                        q = (kx - pad) // stride  # floor division (Python's, also for negative ints)
-                        p = kx - pad - q * stride
-                        ox0 = max(0, -q)
-                        ox1 = min(OW, (W - p + stride - 1) // stride - q)  # the phase has that many pixels
-                        if ox1 > ox0:
-                            wb = (ky * KW + kx) * L
-                            pb = slot + (p * PW + q) * C
-                            _tap_run(acc[ox0 * C:ox1 * C], wt[wb + ox0 * C:wb + ox1 * C],
-                                     wt[pb + ox0 * C:pb + ox1 * C], xz)
-            else:
-                for ox in range(OW):
-                    ix0 = ox * stride - pad
-                    kx0 = max(0, -ix0)
-                    kx1 = min(KW, W - ix0)
-                    a_s = acc[ox * C:ox * C + C]
-                    for ky in range(ky0, ky1):
-                        for kx in range(kx0, kx1):
-                            w_s = w[ky, kx]
-                            x_s = x[n, iy0 + ky, ix0 + kx]
-                            for c in range(C):  # contiguous channels: vectorised
-                                a_s[c] += np.int32(w_s[c]) * (np.int32(x_s[c]) - xz)
-            requant_row_f64(y[n, oy], flag, acc[:L].reshape(OW, C), bias, rq, mult, shift, y_zp, act_min,
-                            act_max, write_mask, checked)
-            if write_mask:
-                mask_pack_row(mask, r, flag, L)
+    if chunks == 1:  # one thread: no parallel launch (threads.py, "Serial calls")
+        _dw_s8_chunk(y, mask, x, xf, w, bias, rq, mult, shift, xz, y_zp, act_min, act_max, stride, pad, tiled, f0,
+                     g0, RS, PW, write_mask, checked, 0, 1)
+    else:
+        for t in prange(chunks):
+            _dw_s8_chunk(y, mask, x, xf, w, bias, rq, mult, shift, xz, y_zp, act_min, act_max, stride, pad, tiled,
+                         f0, g0, RS, PW, write_mask, checked, t, chunks)
     threads_restore(prev)
+
+
+@njit(**NJIT)
+def _dw_s8_chunk(y, mask, x, xf, w, bias, rq, mult, shift, xz, y_zp, act_min, act_max, stride, pad, tiled, f0, g0,
+                 RS, PW, write_mask, checked, t, chunks):
+    """depthwise_conv_s8_host's output rows of chunk t of `chunks` (its per-thread stack rows live here)."""
+    N, OH, OW, C = y.shape
+    H = x.shape[1]
+    W = x.shape[2]
+    KH = w.shape[0]
+    KW = w.shape[1]
+    L = OW * C
+    acc = scratch_acc_i32()  # (SCRATCH_ACC,) the row's int32 sums, element ox * C + c
+    wt = scratch_w_i8()  # (SCRATCH_W8,) row-wise weights [0, f0), the row's in-range flags [f0, g0), phases
+    if tiled:
+        tile_taps(wt, w, OW)
+    flag = wt[f0:f0 + L]
+    last = -1  # the last input row (n * H + iy) split into the ring; the KH rows up to it are there
+    r0, r1 = chunk_bounds(N * OH, chunks, t)
+    for r in range(r0, r1):
+        n = r // OH
+        oy = r - n * OH
+        iy0 = oy * stride - pad
+        ky0 = max(0, -iy0)  # taps inside the image; outside ones add (x_zp - x_zp) * w = 0
+        ky1 = min(KH, H - iy0)
+        for j in range(L):
+            acc[j] = 0
+        if tiled and stride == 1:
+            for ky in range(ky0, ky1):
+                xrow = ((n * H) + iy0 + ky) * W * C  # input row (n, iy) in xf
+                for kx in range(KW):
+                    ox0 = max(0, pad - kx)  # outputs whose input column ox + kx - pad is in [0, W)
+                    ox1 = min(OW, W + pad - kx)
+                    if ox1 <= ox0:
+                        continue
+                    wb = (ky * KW + kx) * L
+                    a_s = acc[ox0 * C:ox1 * C]
+                    w_s = wt[wb + ox0 * C:wb + ox1 * C]
+                    x_s = xf[xrow + (ox0 + kx - pad) * C:xrow + (ox1 + kx - pad) * C]
+                    for j in range(a_s.shape[0]):  # contiguous (ox, c) run: vectorised
+                        a_s[j] += np.int32(w_s[j]) * (np.int32(x_s[j]) - xz)
+        elif tiled:
+            for ky in range(ky0, ky1):
+                g = n * H + iy0 + ky
+                slot = g0 + (g % KH) * RS
+                if g > last:  # rows needed by successive output rows only grow, by stride per row, < KH apart
+                    _split_phases(wt, slot, xf, g * W * C, W, C, stride, PW)
+                    last = g
+                for kx in range(KW):
+                    # output ox reads input column stride * ox + kx - pad = stride * (ox + q) + p: pixel ox + q
+                    # of phase p, so the tap's products are one contiguous run of that phase row
+                    q = (kx - pad) // stride  # floor division (Python's, also for negative ints)
+                    p = kx - pad - q * stride
+                    ox0 = max(0, -q)
+                    ox1 = min(OW, (W - p + stride - 1) // stride - q)  # the phase has that many pixels
+                    if ox1 > ox0:
+                        wb = (ky * KW + kx) * L
+                        pb = slot + (p * PW + q) * C
+                        _tap_run(acc[ox0 * C:ox1 * C], wt[wb + ox0 * C:wb + ox1 * C],
+                                 wt[pb + ox0 * C:pb + ox1 * C], xz)
+        else:
+            for ox in range(OW):
+                ix0 = ox * stride - pad
+                kx0 = max(0, -ix0)
+                kx1 = min(KW, W - ix0)
+                a_s = acc[ox * C:ox * C + C]
+                for ky in range(ky0, ky1):
+                    for kx in range(kx0, kx1):
+                        w_s = w[ky, kx]
+                        x_s = x[n, iy0 + ky, ix0 + kx]
+                        for c in range(C):  # contiguous channels: vectorised
+                            a_s[c] += np.int32(w_s[c]) * (np.int32(x_s[c]) - xz)
+        requant_row_f64(y[n, oy], flag, acc[:L].reshape(OW, C), bias, rq, mult, shift, y_zp, act_min,
+                        act_max, write_mask, checked)
+        if write_mask:
+            mask_pack_row(mask, r, flag, L)
 
 
 # ---- fp32, stride 1: the training step's float depthwise forward and input gradient ----------------------------

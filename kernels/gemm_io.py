@@ -96,13 +96,22 @@ def widen_s8_f32(xf, x, x_zp):
     z = np.float32(x_zp)
     prev = threads_for(n // STREAM_ELEMENTS)
     chunks = parallel_chunks(n)
-    for t in prange(chunks):
-        j0, j1 = chunk_bounds(n, chunks, t)
-        s_s = src[j0:j1]
-        d_s = dst[j0:j1]
-        for j in range(d_s.shape[0]):  # flat and float: vectorised
-            d_s[j] = np.float32(s_s[j]) - z
+    if chunks == 1:  # one thread: no parallel launch (threads.py, "Serial calls")
+        _widen_chunk(dst, src, z, 0, 1)
+    else:
+        for t in prange(chunks):
+            _widen_chunk(dst, src, z, t, chunks)
     threads_restore(prev)
+
+
+@njit(**NJIT)
+def _widen_chunk(dst, src, z, t, chunks):
+    """widen_s8_f32's chunk t of `chunks`: dst[j] = float32(src[j]) - z over one contiguous range."""
+    j0, j1 = chunk_bounds(dst.shape[0], chunks, t)
+    s_s = src[j0:j1]
+    d_s = dst[j0:j1]
+    for j in range(d_s.shape[0]):  # flat and float: vectorised
+        d_s[j] = np.float32(s_s[j]) - z
 
 
 @njit(**NJIT_PARALLEL)
@@ -129,42 +138,52 @@ def im2col_f32(cols, x, x_zp, kh, kw, stride, pad):
     if cols.shape[0] != N * OH * OW or cols.shape[1] != kh * kw * CI:
         raise ValueError("im2col_f32: inconsistent shapes")
     z = np.float32(x_zp)
-    RW = kw * CI  # one kernel row's columns
-    WP = (W + 2 * pad) * CI  # the padded row, in elements
     rows = N * OH
     prev = threads_for(cols.size)
     chunks = parallel_chunks(rows)
-    for t in prange(chunks):
-        xp = scratch_w_f32()  # (SCRATCH_WF,) the padded, converted input row: xp[(ix + pad) * Ci + ci]
-        r0, r1 = chunk_bounds(rows, chunks, t)
-        for r in range(r0, r1):
-            n = r // OH
-            oy = r - n * OH
-            if WP > SCRATCH_WF:
-                _im2col_row_taps(cols, x, z, kh, kw, stride, pad, n, oy, r * OW, OW)
-                continue
-            for ky in range(kh):
-                iy = oy * stride - pad + ky
-                c0 = ky * RW
-                if iy < 0 or iy >= H:
-                    for ox in range(OW):
-                        d_s = cols[r * OW + ox, c0:c0 + RW]
-                        for j in range(RW):
-                            d_s[j] = 0.0
-                    continue
-                for j in range(pad * CI):
-                    xp[j] = 0.0
-                    xp[WP - 1 - j] = 0.0
-                src = x[n, iy].reshape(W * CI)
-                body = xp[pad * CI:pad * CI + W * CI]
-                for j in range(W * CI):  # flat: vectorised
-                    body[j] = np.float32(src[j]) - z
+    if chunks == 1:  # one thread: no parallel launch (threads.py, "Serial calls")
+        _im2col_chunk(cols, x, z, kh, kw, stride, pad, OH, OW, 0, 1)
+    else:
+        for t in prange(chunks):
+            _im2col_chunk(cols, x, z, kh, kw, stride, pad, OH, OW, t, chunks)
+    threads_restore(prev)
+
+
+@njit(**NJIT)
+def _im2col_chunk(cols, x, z, kh, kw, stride, pad, OH, OW, t, chunks):
+    """im2col_f32's output rows of chunk t of `chunks` (see its Method)."""
+    N, H, W, CI = x.shape
+    RW = kw * CI  # one kernel row's columns
+    WP = (W + 2 * pad) * CI  # the padded row, in elements
+    xp = scratch_w_f32()  # (SCRATCH_WF,) the padded, converted input row: xp[(ix + pad) * Ci + ci]
+    r0, r1 = chunk_bounds(N * OH, chunks, t)
+    for r in range(r0, r1):
+        n = r // OH
+        oy = r - n * OH
+        if WP > SCRATCH_WF:
+            _im2col_row_taps(cols, x, z, kh, kw, stride, pad, n, oy, r * OW, OW)
+            continue
+        for ky in range(kh):
+            iy = oy * stride - pad + ky
+            c0 = ky * RW
+            if iy < 0 or iy >= H:
                 for ox in range(OW):
                     d_s = cols[r * OW + ox, c0:c0 + RW]
-                    s_s = xp[ox * stride * CI:ox * stride * CI + RW]
                     for j in range(RW):
-                        d_s[j] = s_s[j]
-    threads_restore(prev)
+                        d_s[j] = 0.0
+                continue
+            for j in range(pad * CI):
+                xp[j] = 0.0
+                xp[WP - 1 - j] = 0.0
+            src = x[n, iy].reshape(W * CI)
+            body = xp[pad * CI:pad * CI + W * CI]
+            for j in range(W * CI):  # flat: vectorised
+                body[j] = np.float32(src[j]) - z
+            for ox in range(OW):
+                d_s = cols[r * OW + ox, c0:c0 + RW]
+                s_s = xp[ox * stride * CI:ox * stride * CI + RW]
+                for j in range(RW):
+                    d_s[j] = s_s[j]
 
 
 @njit(**NJIT)
@@ -357,11 +376,20 @@ def requantize_acc_f32_s8(y, acc, bias, rq, mult, shift, y_zp, act_min, act_max)
     checked = requant_checked_channels(rq, bias)
     prev = threads_for(y.size)
     chunks = parallel_chunks(P)
-    for t in prange(chunks):
-        p0, p1 = chunk_bounds(P, chunks, t)
-        flag = scratch_w_i8()  # unused (no flags); one stack row so every caller shares a specialisation
-        requant_row_f64(y[p0:p1], flag, acc[p0:p1], bias, rq, mult, shift, y_zp, act_min, act_max, False, checked)
+    if chunks == 1:  # one thread: no parallel launch (threads.py, "Serial calls")
+        _requant_chunk(y, acc, bias, rq, mult, shift, y_zp, act_min, act_max, checked, 0, 1)
+    else:
+        for t in prange(chunks):
+            _requant_chunk(y, acc, bias, rq, mult, shift, y_zp, act_min, act_max, checked, t, chunks)
     threads_restore(prev)
+
+
+@njit(**NJIT)
+def _requant_chunk(y, acc, bias, rq, mult, shift, y_zp, act_min, act_max, checked, t, chunks):
+    """requantize_acc_f32_s8's rows of chunk t of `chunks`."""
+    p0, p1 = chunk_bounds(y.shape[0], chunks, t)
+    flag = scratch_w_i8()  # unused (no flags); one stack row so every caller shares a specialisation
+    requant_row_f64(y[p0:p1], flag, acc[p0:p1], bias, rq, mult, shift, y_zp, act_min, act_max, False, checked)
 
 
 @njit(**NJIT_PARALLEL)

@@ -21,6 +21,12 @@ element operations is ~40-130 us of serial work at 0.3-1 ns each, about what one
 with faster wake-ups a lower bound would pay more, a higher one would lose at most a wake-up's worth per call.
 Firmware runs single-threaded: its C twins have no counterpart of this.
 
+Serial calls. A prange loop launched at width 1 still goes through the threading layer's scheduler: ~1.2-1.7 us per
+call (requantize_acc_f32_s8 on one 8-channel pixel: 1.8-2.4 us as a prange kernel, 0.69 us with the loop called
+directly), and batch-1 inference makes ~80 such calls. So the kernels most called at batch 1 (widen, im2col,
+requantize, the host depthwise and add) put their chunk body in a plain function and call it directly when
+parallel_chunks gives one chunk, else once per chunk from the prange loop: the same code, so the same results.
+
 The width is read and set through the threading layer's C entry points `get_num_threads` / `set_num_threads` (the
 symbols Numba's own parfor lowering calls), not numba.get_num_threads / set_num_threads inside the kernels: those
 go through ctypes pointers, which Numba cannot cache.
