@@ -69,7 +69,7 @@ def add_s8_host(y, mask, a, b, a_zp, a_mult, a_shift, b_zp, b_mult, b_shift, y_z
     threads_restore(prev)
 
 
-@njit(**NJIT)
+@njit(inline="always", **NJIT)
 def _add_chunk(y, mask, a, b, a_zp, a_mult, a_shift, b_zp, b_mult, b_shift, yz, y_mult, ey, act_min, act_max,
                write_mask, t, chunks):
     """add_s8_host's image rows of chunk t of `chunks` (its per-thread tables and flag row live here)."""

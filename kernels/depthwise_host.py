@@ -170,7 +170,7 @@ def depthwise_conv_s8_host(y, mask, x, w, bias, rq, mult, shift, x_zp, y_zp, act
     threads_restore(prev)
 
 
-@njit(**NJIT)
+@njit(inline="always", **NJIT)
 def _dw_s8_chunk(y, mask, x, xf, w, bias, rq, mult, shift, xz, y_zp, act_min, act_max, stride, pad, tiled, f0, g0,
                  RS, PW, write_mask, checked, t, chunks):
     """depthwise_conv_s8_host's output rows of chunk t of `chunks` (its per-thread stack rows live here)."""

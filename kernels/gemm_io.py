@@ -104,7 +104,7 @@ def widen_s8_f32(xf, x, x_zp):
     threads_restore(prev)
 
 
-@njit(**NJIT)
+@njit(inline="always", **NJIT)
 def _widen_chunk(dst, src, z, t, chunks):
     """widen_s8_f32's chunk t of `chunks`: dst[j] = float32(src[j]) - z over one contiguous range."""
     j0, j1 = chunk_bounds(dst.shape[0], chunks, t)
@@ -149,7 +149,7 @@ def im2col_f32(cols, x, x_zp, kh, kw, stride, pad):
     threads_restore(prev)
 
 
-@njit(**NJIT)
+@njit(inline="always", **NJIT)
 def _im2col_chunk(cols, x, z, kh, kw, stride, pad, OH, OW, t, chunks):
     """im2col_f32's output rows of chunk t of `chunks` (see its Method)."""
     N, H, W, CI = x.shape
@@ -384,7 +384,7 @@ def requantize_acc_f32_s8(y, acc, bias, rq, mult, shift, y_zp, act_min, act_max)
     threads_restore(prev)
 
 
-@njit(**NJIT)
+@njit(inline="always", **NJIT)
 def _requant_chunk(y, acc, bias, rq, mult, shift, y_zp, act_min, act_max, checked, t, chunks):
     """requantize_acc_f32_s8's rows of chunk t of `chunks`."""
     p0, p1 = chunk_bounds(y.shape[0], chunks, t)

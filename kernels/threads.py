@@ -26,6 +26,9 @@ call (requantize_acc_f32_s8 on one 8-channel pixel: 1.8-2.4 us as a prange kerne
 directly), and batch-1 inference makes ~80 such calls. So the kernels most called at batch 1 (widen, im2col,
 requantize, the host depthwise and add) put their chunk body in a plain function and call it directly when
 parallel_chunks gives one chunk, else once per chunk from the prange loop: the same code, so the same results.
+Those chunk functions are inlined in Numba's IR (inline="always"): as separate functions their bodies were
+compiled and optimised three times (alone, in the kernel, in the prange loop's outlined body), which took the cold
+compile of bench/compile_time.py's kernels from 45.7 s to 59.5 s; inlined, 52.0 s.
 
 The width is read and set through the threading layer's C entry points `get_num_threads` / `set_num_threads` (the
 symbols Numba's own parfor lowering calls), not numba.get_num_threads / set_num_threads inside the kernels: those
