@@ -28,8 +28,10 @@ from microtrain.reference_models import NAMES
 
 LITERT_MAX_LSB = 4  # XNNPACK vs TFLM reference rounding: measured max 2 LSB on the logits (bench/README.md)
 IMPLS = ("microtrain", "reference", "numpy", "tflm", "litert", "torch")
-ROUNDS = {"microtrain": (5, 3), "reference": (5, 3), "numpy": (3, 1), "tflm": (3, 1), "litert": (5, 3),
-          "torch": (5, 3)}  # (b1, b25)
+# Timed rounds (b1, b25): ~0.1-0.5 s of calls for the fast implementations (microtrain, LiteRT, PyTorch alike; with 5
+# rounds one slow call in a 1.3 ms b1 mean moved it by 10 %), a few calls of the slow ones (0.03-0.8 s each)
+ROUNDS = {"microtrain": (50, 10), "reference": (10, 3), "numpy": (3, 1), "tflm": (3, 1), "litert": (50, 10),
+          "torch": (50, 10)}
 
 
 def numpy_forward(model, x):
