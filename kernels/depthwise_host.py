@@ -37,10 +37,10 @@ from microtrain.arena import read_only
 from microtrain.config import NJIT, NJIT_PARALLEL
 
 from .depthwise import depthwise_conv_s8, depthwise_s8_shapes_ok
-from .gemm_io import (INT8_WEIGHT_MAX, RQ_ROWS, requant_checked_channels, requant_f64_params, requant_row_f64,
-                      weight_reach, widest_input)
+from .gemm_io import (INT8_WEIGHT_MAX, RQ_ROWS, requant_checked_channels, requant_f64_params, requant_offsets,
+                      requant_row_f64, weight_reach, widest_input)
 from .mask import mask_check, mask_pack_row
-from .scratch import (SCRATCH_ACC, SCRATCH_W8, SCRATCH_WF, chunk_bounds, scratch_acc_i32,
+from .scratch import (SCRATCH_ACC, SCRATCH_W8, SCRATCH_WF, chunk_bounds, scratch_acc_i32, scratch_acc_like,
                       scratch_w_f32, scratch_w_i8)
 from .threads import parallel_chunks, threads_for, threads_restore
 
@@ -61,14 +61,6 @@ def tile_taps(wt, w, s):
 
 
 @njit(**NJIT)
-def _tap_run(a_s, w_s, x_s, xz):
-    """One tap over a contiguous (ox, c) run: a_s += w_s * (x_s - xz), int32 (exact). Inner loops index slices
-    from 0: vectorised."""
-    for j in range(a_s.shape[0]):
-        a_s[j] += np.int32(w_s[j]) * (np.int32(x_s[j]) - xz)
-
-
-@njit(**NJIT)
 def _split_phases(dst, g0, xf, xrow, W, C, stride, PW):
     """Deinterleave one input row (W pixels of C int8 at xf[xrow:]) into its stride phases: pixel j of phase p
     (input column stride * j + p) to dst[g0 + (p * PW + j) * C:][:C]."""
@@ -83,6 +75,18 @@ def _split_phases(dst, g0, xf, xrow, W, C, stride, PW):
 
 
 TILED_STRIDED_ROWS = 8  # output rows (N * OH) from which a strided layer takes the row-wise (tiled) path
+
+
+@njit(**NJIT)
+def row_wise_fits(rows, out_w, channels, kh, kw, in_w, stride):
+    """True if depthwise_conv_s8_host takes its row-wise path: the row-wise weights (KH * KW * OW * C), the flag row
+    (OW * C) and, for stride > 1, a ring of KH input rows split into their stride phases fit SCRATCH_W8, and a
+    strided layer has at least TILED_STRIDED_ROWS output rows (N * OH). With stride > 1 and few rows the per-pixel
+    path is as fast: building the row-wise weights costs about as much as one row of MACs (e.g. (1, 8, 8, 240) 7x7
+    stride 2, 4 output rows: 15.0 us row-wise, 12.5 per pixel)."""
+    L = out_w * channels
+    ring = kh * stride * ((in_w + stride - 1) // stride) * channels if stride > 1 else 0
+    return (kh * kw + 1) * L + ring <= SCRATCH_W8 and (stride == 1 or rows >= TILED_STRIDED_ROWS)
 
 
 def depthwise_host_fits(out_w, channels):
@@ -144,11 +148,7 @@ def depthwise_conv_s8_host(y, mask, x, w, bias, rq, mult, shift, x_zp, y_zp, act
     PW = (W + stride - 1) // stride  # input pixels per stride phase (the first phase is the longest)
     RS = stride * PW * C  # one input row split into its stride phases, in the int8 scratch
     rows = N * OH
-    # room for the row-wise weights, the flag row after them and, for stride > 1, a ring of KH split input rows. With
-    # stride > 1 and few rows the per-pixel path is as fast (building the row-wise weights costs about as much as
-    # one row of MACs: e.g. (1, 8, 8, 240) 7x7 stride 2, 4 output rows: 15.0 us tiled, 12.5 per pixel)
-    tiled = ((KH * KW + 1) * L + (KH * RS if stride > 1 else 0) <= SCRATCH_W8
-             and (stride == 1 or rows >= TILED_STRIDED_ROWS))
+    tiled = row_wise_fits(rows, OW, C, KH, KW, W, stride)  # the scratch: weights [0, f0), flags, then the ring
     f0 = KH * KW * L if tiled else 0  # the flag row's offset in the int8 scratch
     g0 = f0 + L  # the ring's offset (stride > 1): input row g = n * H + iy in slot g % KH, at g0 + (g % KH) * RS
     xz = np.int32(x_zp)
@@ -185,6 +185,8 @@ def _dw_s8_chunk(y, mask, x, xf, w, bias, rq, mult, shift, xz, y_zp, act_min, ac
     if tiled:
         tile_taps(wt, w, OW)
     flag = wt[f0:f0 + L]
+    off = scratch_acc_like(rq)  # the requantization's per-channel offsets, formed once per chunk
+    bias_far = requant_offsets(off, bias, rq)
     last = -1  # the last input row (n * H + iy) split into the ring; the KH rows up to it are there
     r0, r1 = chunk_bounds(N * OH, chunks, t)
     for r in range(r0, r1):
@@ -223,11 +225,15 @@ def _dw_s8_chunk(y, mask, x, xf, w, bias, rq, mult, shift, xz, y_zp, act_min, ac
                     p = kx - pad - q * stride
                     ox0 = max(0, -q)
                     ox1 = min(OW, (W - p + stride - 1) // stride - q)  # the phase has that many pixels
-                    if ox1 > ox0:
-                        wb = (ky * KW + kx) * L
-                        pb = slot + (p * PW + q) * C
-                        _tap_run(acc[ox0 * C:ox1 * C], wt[wb + ox0 * C:wb + ox1 * C],
-                                 wt[pb + ox0 * C:pb + ox1 * C], xz)
+                    if ox1 <= ox0:
+                        continue
+                    wb = (ky * KW + kx) * L
+                    pb = slot + (p * PW + q) * C
+                    a_s = acc[ox0 * C:ox1 * C]
+                    w_s = wt[wb + ox0 * C:wb + ox1 * C]
+                    x_s = wt[pb + ox0 * C:pb + ox1 * C]
+                    for j in range(a_s.shape[0]):  # contiguous (ox, c) run: vectorised
+                        a_s[j] += np.int32(w_s[j]) * (np.int32(x_s[j]) - xz)
         else:
             for ox in range(OW):
                 ix0 = ox * stride - pad
@@ -240,8 +246,8 @@ def _dw_s8_chunk(y, mask, x, xf, w, bias, rq, mult, shift, xz, y_zp, act_min, ac
                         x_s = x[n, iy0 + ky, ix0 + kx]
                         for c in range(C):  # contiguous channels: vectorised
                             a_s[c] += np.int32(w_s[c]) * (np.int32(x_s[c]) - xz)
-        requant_row_f64(y[n, oy], flag, acc[:L].reshape(OW, C), bias, rq, mult, shift, y_zp, act_min,
-                        act_max, write_mask, checked)
+        requant_row_f64(y[n, oy], flag, acc[:L].reshape(OW, C), bias, rq, off, bias_far, mult, shift, y_zp,
+                        act_min, act_max, write_mask, checked)
         if write_mask:
             mask_pack_row(mask, r, flag, L)
 

@@ -50,7 +50,7 @@ from microtrain.config import NJIT, NJIT_PARALLEL
 
 from .mask import mask_check, mask_flush_row, mask_pack_row, mask_put_bit
 from .requant import INT32_MIN, clamp, mbqm
-from .scratch import (SCRATCH_ACC, SCRATCH_W8, SCRATCH_WF, chunk_bounds, scratch_acc_like, scratch_w_f32,
+from .scratch import (SCRATCH_W8, SCRATCH_WF, chunk_bounds, scratch_acc_like, scratch_w_f32,
                       scratch_w_i8)
 from .threads import STREAM_ELEMENTS, parallel_chunks, threads_for, threads_restore
 
@@ -303,36 +303,47 @@ def _redo_channel(y2, flag, acc2, bias, mult, shift, y_zp, act_min, act_max, fla
 
 
 @njit(**NJIT)
-def requant_row_f64(y2, flag, acc2, bias, rq, mult, shift, y_zp, act_min, act_max, flags, checked):
+def requant_offsets(off, bias, rq):
+    """off[co] = bias[co] * mf[co] + 0.5, the float64 pass's per-channel offsets (_row_f64), formed once per call
+    or thread chunk with the bias as it is now (it may train). off: a float64 stack row (scratch_acc_like(rq)).
+    Returns bias_far: True if some |bias| >= lim (those channels' offsets may have rounded, so requant_row_f64
+    redoes them whole), or if Co exceeds off (no offsets: requant_row_f64 uses the integer primitives)."""
+    CO = bias.shape[0]
+    if CO > off.shape[0]:
+        return True
+    bias_far = False
+    for co in range(CO):
+        b = np.float64(bias[co])
+        off[co] = b * rq[0, co] + 0.5
+        bias_far |= abs(b) >= rq[2, co]
+    return bias_far
+
+
+@njit(**NJIT)
+def requant_row_f64(y2, flag, acc2, bias, rq, off, bias_far, mult, shift, y_zp, act_min, act_max, flags, checked):
     """Rows of int8 outputs (and, if flags, in-range flags) from exact integer sums, as TFLM requantizes them.
 
     Layout:    y2 (W, Co) s8 out (an image row, or a block of pixels); flag (>= W * Co,) int8 out if flags,
                flag[w * Co + co] = 1 iff the value before clamping lies in [act_min, act_max] (the 1-bit mask's
                bit, kernels/mask.py), else 0 (unused if not flags); acc2 (W, Co) int32 or float32 exact integer
                sums (before the bias); bias (Co,) s32; rq (4, Co) = requant_f64_params(mult, shift, reach);
-               mult, shift (Co,) s32; checked = requant_checked_channels(rq, bias) (the caller's, once per call).
+               mult, shift (Co,) s32; checked = requant_checked_channels(rq, bias) and bias_far =
+               requant_offsets(off, bias, rq) (the caller's, once per call or thread chunk: off holds the offsets).
     Method:    the float64 form (module docstring; _row_f64) over the whole block, branch-free so it vectorises,
-               with the per-channel offsets bias * mf + 0.5 formed first in a stack row (the bias may change
-               between calls: it trains). Elements with |acc + bias| >= lim, and every element of a channel with
-               |bias| >= lim (its offset may have rounded), are then redone with the integer primitives. Which
-               elements may be beyond: none if checked == 0 (reach + |bias| < lim bounds both); if a few channels
-               may be (checked <= Co / 8: real layers with a saturated int32 bias in some channels), the loop runs
-               without the test and those channels are scanned after it; else the loop tests every element and, if
-               one was beyond or a bias is, every channel is scanned. Rows of more than SCRATCH_ACC channels (no
-               room for the offsets) are written with the integer primitives. The shared tail of
+               with the per-channel offsets bias * mf + 0.5. Elements with |acc + bias| >= lim, and every element of
+               a channel with |bias| >= lim (its offset may have rounded), are then redone with the integer
+               primitives. Which elements may be beyond: none if checked == 0 (reach + |bias| < lim bounds both); if
+               a few channels may be (checked <= Co / 8: real layers with a saturated int32 bias in some channels),
+               the loop runs without the test and those channels are scanned after it; else the loop tests every
+               element and, if one was beyond or a bias is, every channel is scanned. Rows with more channels than
+               off holds (no offsets) are written with the integer primitives. The shared tail of
                requantize_acc_f32_s8, requantize_acc_f32_s8_mask and depthwise_host.depthwise_conv_s8_host.
     """
     W, CO = y2.shape
-    if CO > SCRATCH_ACC:
+    if CO > off.shape[0]:  # no offsets (requant_offsets): the integer primitives
         for co in range(CO):
             _redo_channel(y2, flag, acc2, bias, mult, shift, y_zp, act_min, act_max, flags, co, 0.0, True)
         return
-    off = scratch_acc_like(rq)  # (SCRATCH_ACC,) float64: bias * mf + 0.5 per channel
-    bias_far = False
-    for co in range(CO):
-        b = np.float64(bias[co])
-        off[co] = b * rq[0, co] + 0.5
-        bias_far |= abs(b) >= rq[2, co]
     yz, lo, hi = np.int32(y_zp), np.int32(act_min), np.int32(act_max)
     if checked * 8 > CO:
         if flags:
@@ -389,7 +400,10 @@ def _requant_chunk(y, acc, bias, rq, mult, shift, y_zp, act_min, act_max, checke
     """requantize_acc_f32_s8's rows of chunk t of `chunks`."""
     p0, p1 = chunk_bounds(y.shape[0], chunks, t)
     flag = scratch_w_i8()  # unused (no flags); one stack row so every caller shares a specialisation
-    requant_row_f64(y[p0:p1], flag, acc[p0:p1], bias, rq, mult, shift, y_zp, act_min, act_max, False, checked)
+    off = scratch_acc_like(rq)
+    bias_far = requant_offsets(off, bias, rq)
+    requant_row_f64(y[p0:p1], flag, acc[p0:p1], bias, rq, off, bias_far, mult, shift, y_zp, act_min, act_max,
+                    False, checked)
 
 
 @njit(**NJIT_PARALLEL)
@@ -406,7 +420,8 @@ def requantize_acc_f32_s8_mask(y, mask, acc, bias, rq, mult, shift, y_zp, act_mi
                into a per-thread stack row, then the flags are packed 8 to a byte; a row longer than the stack row
                (W * Co > SCRATCH_W8) is written element by element with the integer primitives instead.
     Ownership: writes every element of y and, unless NO_MASK, every byte of mask; allocates nothing.
-    Parallel:  prange over image rows (n, h); rows of the mask start on a byte, so writes are disjoint.
+    Parallel:  prange over one contiguous chunk of image rows (n, h) per thread; rows of the mask start on a byte,
+               so writes are disjoint.
     """
     N, H, W, CO = y.shape
     if (acc.shape[0] != N or acc.shape[1] != H or acc.shape[2] != W or acc.shape[3] != CO or bias.shape[0] != CO
@@ -414,16 +429,34 @@ def requantize_acc_f32_s8_mask(y, mask, acc, bias, rq, mult, shift, y_zp, act_mi
         raise ValueError("requantize_acc_f32_s8_mask: inconsistent shapes")
     write_mask = mask_check(mask, N * H, W, CO)
     checked = requant_checked_channels(rq, bias)
-    yz = np.int64(y_zp)
-    L = W * CO
     prev = threads_for(y.size)
-    for r in prange(N * H):
+    chunks = parallel_chunks(N * H)
+    if chunks == 1:  # one thread: no parallel launch (threads.py, "Serial calls")
+        _requant_mask_chunk(y, mask, acc, bias, rq, mult, shift, y_zp, act_min, act_max, write_mask, checked, 0, 1)
+    else:
+        for t in prange(chunks):
+            _requant_mask_chunk(y, mask, acc, bias, rq, mult, shift, y_zp, act_min, act_max, write_mask, checked,
+                                t, chunks)
+    threads_restore(prev)
+
+
+@njit(inline="always", **NJIT)
+def _requant_mask_chunk(y, mask, acc, bias, rq, mult, shift, y_zp, act_min, act_max, write_mask, checked, t,
+                        chunks):
+    """requantize_acc_f32_s8_mask's image rows of chunk t of `chunks` (the offsets formed once per chunk)."""
+    N, H, W, CO = y.shape
+    L = W * CO
+    yz = np.int64(y_zp)
+    flag = scratch_w_i8()  # (SCRATCH_W8,) the row's in-range flags, 0 or 1
+    off = scratch_acc_like(rq)
+    bias_far = requant_offsets(off, bias, rq)
+    r0, r1 = chunk_bounds(N * H, chunks, t)
+    for r in range(r0, r1):
         n = r // H
         h = r - n * H
-        flag = scratch_w_i8()  # (SCRATCH_W8,) per thread: the row's in-range flags, 0 or 1
         if L <= SCRATCH_W8:
-            requant_row_f64(y[n, h], flag, acc[n, h], bias, rq, mult, shift, y_zp, act_min, act_max, write_mask,
-                            checked)
+            requant_row_f64(y[n, h], flag, acc[n, h], bias, rq, off, bias_far, mult, shift, y_zp, act_min, act_max,
+                            write_mask, checked)
             if write_mask:
                 mask_pack_row(mask, r, flag, L)
         else:  # no room for the flags: the integer primitives, element by element
@@ -436,4 +469,3 @@ def requantize_acc_f32_s8_mask(y, mask, acc, bias, rq, mult, shift, y_zp, act_mi
                         byte = mask_put_bit(mask, r, ox * CO + co, byte, v >= act_min and v <= act_max)
             if write_mask:
                 mask_flush_row(mask, r, L, byte)
-    threads_restore(prev)

@@ -17,10 +17,10 @@ from microtrain.kernels.depthwise import depthwise_conv_f32, depthwise_conv_s8
 from microtrain.kernels.depthwise_backward import depthwise_conv_f32_backward_input
 from microtrain.kernels.depthwise_host import (TILED_STRIDED_ROWS, depthwise_conv_f32_backward_input_host,
                                               depthwise_conv_f32_host, depthwise_conv_s8_host, depthwise_f32_host_fits,
-                                              depthwise_host_fits)
+                                              depthwise_host_fits, row_wise_fits)
 from microtrain.kernels.gemm_io import requant_checked_channels, requant_f64_params, weight_reach
 from microtrain.kernels.mask import NO_MASK, mask_shape
-from microtrain.kernels.scratch import SCRATCH_ACC, SCRATCH_W8, SCRATCH_WF
+from microtrain.kernels.scratch import SCRATCH_ACC, SCRATCH_WF
 from microtrain.reference_models import NAMES
 from settings import JIT_DISABLED, kernel_settings
 
@@ -78,12 +78,9 @@ CASES = {
 
 
 def _tiled(n, h, w, c, k, stride, pad, **_):
-    """Whether depthwise_conv_s8_host takes its row-wise path for this geometry (the kernel's own condition, restated:
-    the row-wise weights, the flag row and, for stride > 1, a ring of k input rows split into their stride phases
-    fit SCRATCH_W8, and a strided layer has at least TILED_STRIDED_ROWS output rows)."""
+    """Whether depthwise_conv_s8_host takes its row-wise path for this geometry (the kernel's own predicate)."""
     oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
-    ring = k * stride * -(-w // stride) * c if stride > 1 else 0
-    return (k * k + 1) * ow * c + ring <= SCRATCH_W8 and (stride == 1 or n * oh >= TILED_STRIDED_ROWS)
+    return row_wise_fits(n * oh, ow, c, k, k, w, stride)
 
 
 def test_the_cases_take_the_path_their_names_say():
