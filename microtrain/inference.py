@@ -14,8 +14,8 @@ Two backends, identical outputs bit for bit (tests check both against TFLM):
     BLAS (a standard conv over its im2col patches), exact because every partial sum is an integer below 2^24
     (kernels/gemm_io.py checks that bound per layer and keeps the loop kernel where it fails); depthwise
     convs and residual adds run host kernels (kernels/depthwise_host.py, add_host.py; same bits). Host only:
-    its float32 operands and requantization constants are host memory outside the planned arena
-    (`host_bytes`); the arena and its peak are the same for both backends.
+    its float32 operands, requantization constants and ADD lookup tables are host memory outside the planned
+    arena (`host_bytes`); the arena and its peak are the same for both backends.
 """
 
 import numpy as np
@@ -29,7 +29,7 @@ from microtrain.kernels.depthwise import depthwise_conv_s8
 from microtrain.kernels.depthwise_host import bind_depthwise_s8
 from microtrain.kernels.pointwise import pointwise_conv_s8
 from microtrain.kernels.add import add_s8
-from microtrain.kernels.add_host import add_host_fits, add_s8_host
+from microtrain.kernels.add_host import add_host_fits, add_s8_host, add_table
 from microtrain.kernels.mask import NO_MASK  # inference writes no 1-bit training masks
 from microtrain.kernels.pool import global_mean_s8
 from microtrain.kernels.fully_connected import fully_connected_s8
@@ -78,8 +78,9 @@ class Inference:
 
     x (N, H, W, C) int8 in the model's input quantization -> logits (N, classes) int8.
 
-    backend: "blas" or "reference" (module docstring). host_bytes: the float32 GEMM operands and weights the
-    "blas" backend keeps outside the arena (0 for "reference").
+    backend: "blas" or "reference" (module docstring). host_bytes: the float32 GEMM operands and weights, the
+    requantization constants and the ADD lookup tables the "blas" backend keeps outside the arena (0 for
+    "reference").
     """
 
     def __init__(self, model, batch=1, preserve_all=False, arena_buffer=None, backend="blas"):
@@ -98,8 +99,10 @@ class Inference:
         self._xf = np.empty(rows_in, np.float32)
         self._acc = np.empty(rows_out, np.float32)
         self._wt = {}  # op name -> (K, Co) f32 weight; "rq:" + op name -> (4, Co) f64 requantization constants
+        self._add_tables = {}  # ADD parameters -> (65536,) int16 lookup table (add_host.add_table)
         self._steps = [self._bind(op) for op in self.graph.ops]
-        self.host_bytes = self._xf.nbytes + self._acc.nbytes + sum(w.nbytes for w in self._wt.values())
+        self.host_bytes = (self._xf.nbytes + self._acc.nbytes + sum(w.nbytes for w in self._wt.values())
+                           + sum(t.nbytes for t in self._add_tables.values()))
 
     def view(self, tensor):
         return self.arena.view(tensor, tensor_shape(self.graph, tensor, self.batch), np.int8)
@@ -162,9 +165,11 @@ class Inference:
         if op.kind == "add":
             aq, bq = m.quant[op.inputs[0]], m.quant[op.inputs[1]]
             (am, ash), (bm, bsh), (ym, ysh) = add_multipliers(aq[0], bq[0], yq[0])
-            fn = add_s8_host if self.backend == "blas" and add_host_fits(y.shape[2], y.shape[3]) else add_s8
-            return fn, (y, NO_MASK, self.view(op.inputs[0]), self.view(op.inputs[1]), aq[1], am, ash,
-                        bq[1], bm, bsh, yq[1], ym, ysh, -128, 127)
+            a, b = self.view(op.inputs[0]), self.view(op.inputs[1])
+            params = (aq[1], am, ash, bq[1], bm, bsh, yq[1], ym, ysh, -128, 127)
+            if self.backend == "blas" and add_host_fits(y.shape[2], y.shape[3]):
+                return add_s8_host, (y, NO_MASK, a, b, add_table(self._add_tables, *params))
+            return add_s8, (y, NO_MASK, a, b) + params
         if op.kind == "mean":
             return global_mean_s8, (y, self.view(op.inputs[0]), -128, 127)
         raise ValueError(f"no int8 kernel for op kind {op.kind}")

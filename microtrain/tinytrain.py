@@ -540,9 +540,11 @@ class FisherPass:
                 return [(add_f32, (y, xs[0], xs[1]))]
             (am, ash), (bm, bsh), (ym, ysh) = add_multipliers(m.quant[op.inputs[0]][0], m.quant[op.inputs[1]][0],
                                                               m.quant[op.output][0])
-            fn = add_s8_host if add_host_fits(y.shape[2], y.shape[3]) else add_s8  # same bits; host kernel
-            return [(fn, (y, mask, xs[0], xs[1], m.quant[op.inputs[0]][1], am, ash, m.quant[op.inputs[1]][1], bm,
-                          bsh, m.quant[op.output][1], ym, ysh, -128, 127))]
+            params = (m.quant[op.inputs[0]][1], am, ash, m.quant[op.inputs[1]][1], bm, bsh, m.quant[op.output][1], ym,
+                      ysh, -128, 127)
+            if add_host_fits(y.shape[2], y.shape[3]):  # same bits; host kernel (int8 mode has self._gemm)
+                return [(add_s8_host, (y, mask, xs[0], xs[1], self._gemm.add_table(params)))]
+            return [(add_s8, (y, mask, xs[0], xs[1]) + params)]
         w, b = self._weights(op)
         geo = (op.stride, op.pad) if op.kind in ("conv2d", "depthwise") else ()
         if int8:

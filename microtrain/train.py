@@ -209,10 +209,13 @@ class TrainStep:
             if opts.mode == "int8":
                 (am, ash), (bm, bsh), (ym, ysh) = add_multipliers(m.quant[op.inputs[0]][0], m.quant[op.inputs[1]][0],
                                                                   m.quant[op.output][0])
-                fn = add_s8_host if self._gemm and add_host_fits(y.shape[2], y.shape[3]) else add_s8
-                F.append((fn, (y, mask, self._act(op.inputs[0]), self._act(op.inputs[1]),
-                               m.quant[op.inputs[0]][1], am, ash, m.quant[op.inputs[1]][1], bm, bsh,
-                               m.quant[op.output][1], ym, ysh, -128, 127)))
+                a, b = self._act(op.inputs[0]), self._act(op.inputs[1])
+                params = (m.quant[op.inputs[0]][1], am, ash, m.quant[op.inputs[1]][1], bm, bsh, m.quant[op.output][1],
+                          ym, ysh, -128, 127)
+                if self._gemm and add_host_fits(y.shape[2], y.shape[3]):
+                    F.append((add_s8_host, (y, mask, a, b, self._gemm.add_table(params))))
+                else:
+                    F.append((add_s8, (y, mask, a, b) + params))
             else:
                 F.append((add_f32, (y, self._act(op.inputs[0]), self._act(op.inputs[1]))))
             return

@@ -14,8 +14,9 @@ in place of the loop kernel the "reference" backend (and firmware's C twins) run
   KxK weight gradient        dw (K, KH*KW*Ci') = dy[:, keep_out].T @ im2col(x - x_zp) float32 rounding
   int8 forward, depthwise    kernels/depthwise_host.py (row-wise vectorised taps,   identical (exact int32 sums)
                              float64 requantization) + 1-bit mask
-  int8 residual add          kernels/add_host.py (per-input tables, parallel rows)   identical (same integers)
-                             + 1-bit mask (bound in train.py)
+  int8 residual add          kernels/add_host.py (one lookup table of add_s8's       identical (add_s8's own
+                             outputs per parameter set) + 1-bit mask (bound in      outputs)
+                             train.py)
   fp32 depthwise, stride 1:  depthwise_host.py: taps outer over row segments, same   identical (same per-element
   forward and input gradient per-element order                                      order, no fastmath)
 
@@ -30,13 +31,14 @@ pooling, the head, masks and updates are the same kernels in both backends.
 Memory: the arena (plan, offsets, peak) is the same for both backends. The GEMMs' float32 operands live in host
 buffers outside it (`HostGemm.host_bytes`): one left-operand buffer and one result/gather buffer shared by every
 layer (ops run one after another), one buffer to widen a trainable int8 weight, a float32 copy of each frozen
-int8 weight a GEMM reads, and each int8 GEMM or depthwise layer's (4, Co) float64 requantization constants
-(gemm_io.requant_f64_params).
+int8 weight a GEMM reads, each int8 GEMM or depthwise layer's (4, Co) float64 requantization constants
+(gemm_io.requant_f64_params), and a 128 KiB lookup table per distinct int8 ADD parameter set (add_host.add_table).
 """
 
 import numpy as np
 
 from microtrain.arena import read_only
+from microtrain.kernels.add_host import add_table
 from microtrain.kernels.depthwise_host import (bind_depthwise_s8, depthwise_conv_f32_backward_input_host,
                                               depthwise_conv_f32_host, depthwise_f32_host_fits)
 from microtrain.kernels.gather import gather_channels
@@ -73,11 +75,17 @@ class HostGemm:
         self._w = np.empty(w, F32)  # a trainable int8 weight widened for this step
         self._frozen = {}  # op name -> read-only float32 copy of a frozen int8 weight (Co, K)
         self._rq = {}  # op name -> requantization constants of the float64 fast path (gemm_io.requant_f64_params)
+        self._add_tables = {}  # int8 ADD parameters -> (65536,) int16 lookup table (add_host.add_table)
 
     @property
     def host_bytes(self):
         return (self._a.nbytes + self._b.nbytes + self._w.nbytes + sum(v.nbytes for v in self._frozen.values())
-                + sum(v.nbytes for v in self._rq.values()))
+                + sum(v.nbytes for v in self._rq.values()) + sum(v.nbytes for v in self._add_tables.values()))
+
+    def add_table(self, params):
+        """The lookup table of an int8 residual ADD (add_host.add_s8_host) with add_s8's parameters `params` (after
+        its tensors), built once per distinct parameter set and counted in host_bytes."""
+        return add_table(self._add_tables, *params)
 
     def _frozen_f32(self, op, w_int):
         if op.name not in self._frozen:

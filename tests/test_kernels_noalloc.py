@@ -18,7 +18,7 @@ import pytest
 from numba import njit
 
 from microtrain.kernels.add import add_f32, add_s8
-from microtrain.kernels.add_host import add_s8_host
+from microtrain.kernels.add_host import add_s8_host, add_table
 from microtrain.kernels.conv2d import conv2d_f32, conv2d_s8
 from microtrain.kernels.depthwise import depthwise_conv_f32, depthwise_conv_s8
 from microtrain.kernels.depthwise_host import depthwise_conv_f32_host, depthwise_conv_s8_host
@@ -72,10 +72,10 @@ def kernel_calls():
                             0, 3, m, -2, -128, 127)),
         "add_s8_mask": (add_s8, (np.zeros((1, 3, 3, c), np.int8), mask33, s8(1, 3, 3, c), s8(1, 3, 3, c), 1, m, -1,
                                  2, m, 0, 3, m, -2, -128, 127)),
-        "add_s8_host": (add_s8_host, (np.zeros((1, 3, 3, c), np.int8), NO_MASK, s8(1, 3, 3, c), s8(1, 3, 3, c), 1,
-                                      m, -1, 2, m, 0, 3, m, -2, -128, 127)),
+        "add_s8_host": (add_s8_host, (np.zeros((1, 3, 3, c), np.int8), NO_MASK, s8(1, 3, 3, c), s8(1, 3, 3, c),
+                                      add_table({}, 1, m, -1, 2, m, 0, 3, m, -2, -128, 127))),
         "add_s8_host_mask": (add_s8_host, (np.zeros((1, 3, 3, c), np.int8), mask33, s8(1, 3, 3, c), s8(1, 3, 3, c),
-                                           1, m, -1, 2, m, 0, 3, m, -2, -128, 127)),
+                                           add_table({}, 1, m, -1, 2, m, 0, 3, m, -2, -128, 127))),
         "add_f32": (add_f32, (np.zeros((1, 3, 3, c), np.float32), f32(1, 3, 3, c), f32(1, 3, 3, c))),
         "avgpool_s8": (avgpool_s8, (np.zeros((1, 4, 4, c), np.int8), s8(1, 7, 7, c), 3, 3, 2, 1, -128, 127)),
         "global_mean_s8": (global_mean_s8, (np.zeros((1, c), np.int8), s8(1, 5, 5, c), -128, 127)),
