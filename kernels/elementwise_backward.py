@@ -28,7 +28,7 @@ from microtrain.config import NJIT, NJIT_PARALLEL
 
 from .mask import mask_flush_row, mask_pack_row, mask_put_bit
 from .scratch import SCRATCH_W8, scratch_w_i8
-from .threads import STREAM_ELEMENTS, threads_for, threads_restore
+from .threads import ROW_ELEMENTS, STREAM_ELEMENTS, threads_for, threads_restore
 
 
 @njit(**NJIT)
@@ -188,7 +188,7 @@ def mask_unpack_backward_f32(dx, dy, mask):
         raise ValueError("mask_unpack_backward_f32: inconsistent shapes")
     L = W * C
     full = L >> 3  # whole mask bytes per row
-    prev = threads_for(dy.size)
+    prev = threads_for(dy.size // ROW_ELEMENTS)
     for r in prange(N * H):  # rows in parallel: disjoint elements of dx (in place: each reads only its own dy)
         n = r // H
         h = r - n * H

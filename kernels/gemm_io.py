@@ -52,7 +52,7 @@ from .mask import mask_check, mask_flush_row, mask_pack_row, mask_put_bit
 from .requant import INT32_MIN, clamp, mbqm
 from .scratch import (SCRATCH_W8, SCRATCH_WF, chunk_bounds, scratch_acc_like, scratch_w_f32,
                       scratch_w_i8)
-from .threads import STREAM_ELEMENTS, parallel_chunks, threads_for, threads_restore
+from .threads import ROW_ELEMENTS, STREAM_ELEMENTS, parallel_chunks, threads_for, threads_restore
 
 
 F32_EXACT_INT = 1 << 24  # every integer of magnitude <= 2^24 is a float32
@@ -385,7 +385,7 @@ def requantize_acc_f32_s8(y, acc, bias, rq, mult, shift, y_zp, act_min, act_max)
             or rq.shape[0] != RQ_ROWS or rq.shape[1] != CO):
         raise ValueError("requantize_acc_f32_s8: inconsistent shapes")
     checked = requant_checked_channels(rq, bias)
-    prev = threads_for(y.size)
+    prev = threads_for(y.size // ROW_ELEMENTS)
     chunks = parallel_chunks(P)
     if chunks == 1:  # one thread: no parallel launch (threads.py, "Serial calls")
         _requant_chunk(y, acc, bias, rq, mult, shift, y_zp, act_min, act_max, checked, 0, 1)
@@ -429,7 +429,7 @@ def requantize_acc_f32_s8_mask(y, mask, acc, bias, rq, mult, shift, y_zp, act_mi
         raise ValueError("requantize_acc_f32_s8_mask: inconsistent shapes")
     write_mask = mask_check(mask, N * H, W, CO)
     checked = requant_checked_channels(rq, bias)
-    prev = threads_for(y.size)
+    prev = threads_for(y.size // ROW_ELEMENTS)
     chunks = parallel_chunks(N * H)
     if chunks == 1:  # one thread: no parallel launch (threads.py, "Serial calls")
         _requant_mask_chunk(y, mask, acc, bias, rq, mult, shift, y_zp, act_min, act_max, write_mask, checked, 0, 1)

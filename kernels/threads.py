@@ -49,6 +49,12 @@ SERIAL_WORK = 1 << 17  # element operations below which a kernel's loop stays on
 # gain from a second thread above ~1.5-2 M elements on the 2-core VM (below, the wake-up costs more: e.g. widening
 # 524,288 elements took 34.6 us on one thread and 77.3 us on two; 3,276,800 took 215 and 156 us).
 STREAM_ELEMENTS = 16
+# Elements per unit for the row kernels at ~0.25-0.6 ns per element on one thread (the float64 requantization with
+# or without its mask, mask_unpack_backward_f32): a second thread pays from ~250-400 k elements (medians of 300 calls,
+# one thread / two: requantize_acc_f32_s8_mask 196,608 elements 116 / 128 us, 262,144 154 / 118 us;
+# requantize_acc_f32_s8 262,144 81 / 85 us, 524,288 162 / 128 us; mask_unpack_backward_f32 196,608 76 / 120 us,
+# 393,216 150 / 119 us), so they pass elements // ROW_ELEMENTS (a threshold of 262,144 elements).
+ROW_ELEMENTS = 2
 
 
 def _find_internals():
