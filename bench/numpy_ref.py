@@ -88,3 +88,47 @@ def global_mean_s8(x, lo, hi):
 def fully_connected_s8(x, w, bias, mult, shift, x_zp, y_zp, lo, hi):
     acc = (x.astype(np.int64) - x_zp) @ w.T.astype(np.int64) + bias
     return _requant_store(acc, mult, shift, y_zp, lo, hi)
+
+
+# ---- float32 backward (bench_backward.py): the gradients of the forward convs above, full channels ----------
+
+def _pad(x, pad):
+    return np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+
+
+def depthwise_backward_input(dy, w, x_shape, stride, pad):
+    """dx (N, H, W, C): each tap's products dy * w[ky, kx] scattered back onto the strided input positions."""
+    kh, kw, _ = w.shape
+    n, oh, ow, c = dy.shape
+    dxp = np.zeros((n, x_shape[1] + 2 * pad, x_shape[2] + 2 * pad, c), np.float32)
+    for i in range(kh):
+        for j in range(kw):
+            dxp[:, i:i + stride * oh:stride, j:j + stride * ow:stride] += dy * w[i, j]
+    return dxp[:, pad:pad + x_shape[1], pad:pad + x_shape[2]]
+
+
+def depthwise_backward_weight(x, dy, k, stride, pad):
+    """dw (KH, KW, C) = per tap, sum over (n, oy, ox) of the strided input times dy."""
+    n, oh, ow, c = dy.shape
+    xp = _pad(x, pad)
+    dw = np.empty((k, k, c), np.float32)
+    for i in range(k):
+        for j in range(k):
+            dw[i, j] = np.einsum("nhwc,nhwc->c", xp[:, i:i + stride * oh:stride, j:j + stride * ow:stride], dy)
+    return dw
+
+
+def pointwise_backward_input(dy, w):
+    """dx (N, H, W, Ci) = dy (P, Co) @ w (Co, Ci)."""
+    return (dy.reshape(-1, dy.shape[3]) @ w).reshape(dy.shape[:3] + (w.shape[1],))
+
+
+def pointwise_backward_weight(x, dy):
+    """dw (Co, Ci) = dy (P, Co).T @ x (P, Ci)."""
+    return dy.reshape(-1, dy.shape[3]).T @ x.reshape(-1, x.shape[3])
+
+
+def conv2d_backward_weight(x, dy, k, stride, pad):
+    """dw (Co, KH, KW, Ci) = sum over output pixels of dy times the input window (the forward's windows)."""
+    win = _windows(x, k, k, stride, pad, 0.0)  # (N, OH, OW, Ci, KH, KW)
+    return np.einsum("nhwcij,nhwo->oijc", win, dy, optimize=True)

@@ -20,7 +20,7 @@ def _key(bench):
     params = dict(bench.get("params") or {})
     impl = params.pop("impl", "microtrain")
     case = bench["name"].split("[", 1)[-1].rstrip("]")
-    case = re.sub(r"(^|-)(microtrain|reference|numpy|torch|tflm|litert)(-|$)", r"\1\3", case).strip("-")
+    case = re.sub(r"(^|-)(microtrain|reference|host|numpy|torch|tflm|litert)(-|$)", r"\1\3", case).strip("-")
     return bench["group"], case, impl
 
 
