@@ -44,7 +44,7 @@ def _cases(batch_cases):
 
 
 B1 = [(n, c, m) for n in NAMES for c in CONFIGS[n] for m in ("int8", "fp32")]
-B25 = [("mcunet-5fps", "full", "fp32"), ("mcunet-5fps", "49kb", "int8"), ("mcunet-5fps", "49kb", "fp32")]
+B25 = [(n, c, m) for n in NAMES for c, m in (("full", "fp32"), ("49kb", "int8"), ("49kb", "fp32"))]
 
 _MODELS = {}
 
