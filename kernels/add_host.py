@@ -8,8 +8,8 @@ Why a table: an ADD's output element and its mask bit depend on nothing but the 
 position (the zero points, multipliers, shifts and clamp bounds are the model's fixed activation parameters: they
 never train). So the whole op is a function of 2^16 input pairs. add_table evaluates it once per distinct parameter
 set by running the reference kernel add_s8 itself over the 256 x 256 grid of pairs, and stores
-table[((a + 128) << 8) | (b + 128)] = (bit << 8) | (y + 128): y + 128 in the low byte, the in-range flag in bit 8, int16,
-128 KiB of host memory per parameter set. Every entry is add_s8's own output, so lookups reproduce it bit for bit
+table[((a + 128) << 8) | (b + 128)] = (bit << 8) | (y + 128): y + 128 in the low byte, the in-range flag in bit 8,
+int16, 128 KiB of host memory per parameter set. Every entry is add_s8's own output, so lookups reproduce it bit for bit
 by construction; the tests check add_s8_host against tests/naive.py's independent TFLM AddFunc as well.
 Per element the kernel then does two input loads, one table load (the table stays in L2) and two stores, in place of
 add_s8_host's former per-element int64 SRDHM / RDBPOT of the sum (two 256-entry tables for the inputs' first
