@@ -13,7 +13,7 @@ from microtrain.config import NJIT, NJIT_PARALLEL
 from .mask import mask_check, mask_flush_row, mask_put_bit
 from .requant import INT32_MIN, clamp, mbqm
 from .scratch import SCRATCH_ACC, scratch_acc_i32
-from .threads import threads_for, threads_restore
+from .threads import DW_F32_MACS, threads_for, threads_restore
 
 
 @njit(**NJIT)
@@ -130,7 +130,7 @@ def depthwise_conv_f32(y, x, w, bias, act_min, act_max, stride, pad):
         raise ValueError("depthwise_conv_f32: inconsistent shapes")
     lo = np.float32(act_min)
     hi = np.float32(act_max)
-    prev = threads_for(y.size * w.shape[0] * w.shape[1])
+    prev = threads_for(y.size * w.shape[0] * w.shape[1] // DW_F32_MACS)
     for r in prange(N * OH):
         n = r // OH
         oy = r - n * OH

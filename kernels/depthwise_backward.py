@@ -12,7 +12,7 @@ from numba import njit, prange
 from microtrain.config import NJIT_PARALLEL
 
 from .scratch import SCRATCH_ACC, chunk_bounds, scratch_acc_like
-from .threads import parallel_chunks, threads_for, threads_restore
+from .threads import DW_F32_MACS, parallel_chunks, threads_for, threads_restore
 
 
 @njit(**NJIT_PARALLEL)
@@ -38,7 +38,7 @@ def depthwise_conv_f32_backward_input(dx, dy, w, stride, pad):
     if (dy.shape[0] != N or dy.shape[3] != C or w.shape[2] != C or stride < 1
             or OH != (H + 2 * pad - KH) // stride + 1 or OW != (W + 2 * pad - KW) // stride + 1):
         raise ValueError("depthwise_conv_f32_backward_input: inconsistent shapes")
-    prev = threads_for(dy.size * w.shape[0] * w.shape[1])
+    prev = threads_for(dy.size * w.shape[0] * w.shape[1] // DW_F32_MACS)
     for r in prange(N * H):
         n = r // H
         iy = r - n * H
@@ -110,7 +110,7 @@ def depthwise_conv_f32_backward_weight(dw, x_kept, x_zp, dy, keep, stride, pad):
     # write the same cache line while summing. Every element is still one sum over (n, oy, ox) in that order,
     # whatever the thread count or chunking.
     total = KH * KW * K
-    prev = threads_for(dy.size * dw.shape[0] * dw.shape[1])
+    prev = threads_for(dy.size * dw.shape[0] * dw.shape[1] // DW_F32_MACS)
     chunks = parallel_chunks(total)
     for t in prange(chunks):
         acc = scratch_acc_like(dw)

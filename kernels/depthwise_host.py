@@ -42,7 +42,7 @@ from .gemm_io import (INT8_WEIGHT_MAX, RQ_ROWS, requant_checked_channels, requan
 from .mask import mask_check, mask_pack_row
 from .scratch import (SCRATCH_ACC, SCRATCH_W8, SCRATCH_WF, chunk_bounds, scratch_acc_i32, scratch_acc_like,
                       scratch_w_f32, scratch_w_i8)
-from .threads import HOST_DW_MACS, parallel_chunks, threads_for, threads_restore
+from .threads import DW_F32_MACS, parallel_chunks, threads_for, threads_restore
 
 
 @njit(**NJIT)
@@ -296,7 +296,7 @@ def depthwise_conv_f32_host(y, x, w, bias, act_min, act_max, pad):
     SC = S * C
     xf = x.reshape(N * H * W * C)
     rows = N * OH
-    prev = threads_for(y.size * w.shape[0] * w.shape[1] // HOST_DW_MACS)
+    prev = threads_for(y.size * w.shape[0] * w.shape[1] // DW_F32_MACS)
     chunks = parallel_chunks(rows)
     for t in prange(chunks):
         wt = scratch_w_f32()
@@ -366,7 +366,7 @@ def depthwise_conv_f32_backward_input_host(dx, dy, w, pad):
     SC = S * C
     gf = dy.reshape(N * OH * OW * C)
     rows = N * H
-    prev = threads_for(dy.size * w.shape[0] * w.shape[1] // HOST_DW_MACS)
+    prev = threads_for(dy.size * w.shape[0] * w.shape[1] // DW_F32_MACS)
     chunks = parallel_chunks(rows)
     for t in prange(chunks):
         wt = scratch_w_f32()

@@ -55,12 +55,14 @@ STREAM_ELEMENTS = 16
 # requantize_acc_f32_s8 262,144 81 / 85 us, 524,288 162 / 128 us; mask_unpack_backward_f32 196,608 76 / 120 us,
 # 393,216 150 / 119 us), so they pass elements // ROW_ELEMENTS (a threshold of 262,144 elements).
 ROW_ELEMENTS = 2
-# MACs per unit for the fp32 host depthwise kernels (depthwise_host.py: forward and stride-1 input gradient, ~0.1 ns
-# per MAC on one thread): a second thread pays from ~1 M MACs (medians of 150 calls, one thread / two:
-# forward 3x3 (1, 32, 32, 48) 0.44 M MACs 52 / 74 us, (1, 64, 64, 32) 1.18 M 143 / 138 us, 5x5 (1, 32, 32, 48)
-# 1.23 M 173 / 112 us; input gradient 3x3 (1, 64, 64, 16) 0.59 M 63 / 75 us, (1, 64, 64, 32) 1.18 M 129 / 110 us),
-# so they pass MACs // HOST_DW_MACS (a threshold of 1,048,576 MACs).
-HOST_DW_MACS = 8
+# MACs per unit for the fp32 depthwise kernels (the host forward and stride-1 input gradient of depthwise_host.py at
+# ~0.1 ns per MAC on one thread; the loop kernels' strided forward, input gradient and weight gradient at ~0.15-0.25):
+# a second thread pays from ~1 M MACs (medians of 150 calls, one thread / two: host forward 3x3 (1, 32, 32, 48)
+# 0.44 M MACs 52 / 74 us, (1, 64, 64, 32) 1.18 M 143 / 138 us, 5x5 (1, 32, 32, 48) 1.23 M 173 / 112 us; host input
+# gradient 3x3 (1, 64, 64, 16) 0.59 M 63 / 75 us; loop weight gradient (1, 64, 64, 16) 3x3 0.59 M 154 / 212 us,
+# (4, 64, 64, 16) 2.36 M 610 / 384 us; loop strided forward (1, 8, 8, 240) 7x7 0.19 M 13 / 63 us, (4, 32, 32, 48) 7x7
+# 2.41 M 412 / 252 us), so they pass MACs // DW_F32_MACS (a threshold of 1,048,576 MACs).
+DW_F32_MACS = 8
 
 
 def _find_internals():
