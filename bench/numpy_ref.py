@@ -92,10 +92,6 @@ def fully_connected_s8(x, w, bias, mult, shift, x_zp, y_zp, lo, hi):
 
 # ---- float32 backward (bench_backward.py): the gradients of the forward convs above, full channels ----------
 
-def _pad(x, pad):
-    return np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-
-
 def depthwise_backward_input(dy, w, x_shape, stride, pad):
     """dx (N, H, W, C): each tap's products dy * w[ky, kx] scattered back onto the strided input positions."""
     kh, kw, _ = w.shape
@@ -110,7 +106,7 @@ def depthwise_backward_input(dy, w, x_shape, stride, pad):
 def depthwise_backward_weight(x, dy, k, stride, pad):
     """dw (KH, KW, C) = per tap, sum over (n, oy, ox) of the strided input times dy."""
     n, oh, ow, c = dy.shape
-    xp = _pad(x, pad)
+    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     dw = np.empty((k, k, c), np.float32)
     for i in range(k):
         for j in range(k):

@@ -1,8 +1,8 @@
 """int8 residual ADD of the host "blas" backends: add_s8's output and 1-bit mask, bit for bit, by table lookup.
 
 Host only, no C twin: firmware mirrors add_s8 (mt_add_s8). Inference, TrainStep (backend="blas") and the Fisher
-pass call add_s8_host for every int8 ADD whose image row (W * C elements) fits the per-thread flag row
-(add_host_fits), add_s8 for any other.
+pass bind every int8 ADD through bind_add_s8: add_s8_host where its image row (W * C elements) fits the per-thread
+flag row (add_host_fits), add_s8 for any other.
 
 Why a table: an ADD's output element and its mask bit depend on nothing but the two int8 input values at that
 position (the zero points, multipliers, shifts and clamp bounds are the model's fixed activation parameters: they
@@ -57,6 +57,15 @@ def add_table(tables, a_zp, a_mult, a_shift, b_zp, b_mult, b_shift, y_zp, y_mult
         table = (bits.astype(np.int16) << 8) | (y.reshape(ADD_TABLE_SIZE).astype(np.int16) + 128)
         tables[key] = read_only(table)
     return tables[key]
+
+
+def bind_add_s8(tables, y, mask, a, b, params):
+    """(kernel, args) of an int8 ADD, as every host caller (Inference, TrainStep, FisherPass) binds it: add_s8_host
+    with the table of params (add_s8's parameters after its tensors; built once into `tables`, which the caller
+    counts as host memory) where the image row fits (add_host_fits), else the loop kernel add_s8."""
+    if not add_host_fits(y.shape[2], y.shape[3]):
+        return add_s8, (y, mask, a, b) + tuple(params)
+    return add_s8_host, (y, mask, a, b, add_table(tables, *params))
 
 
 @njit(**NJIT_PARALLEL)

@@ -29,7 +29,7 @@ from microtrain.kernels.depthwise import depthwise_conv_s8
 from microtrain.kernels.depthwise_host import bind_depthwise_s8
 from microtrain.kernels.pointwise import pointwise_conv_s8
 from microtrain.kernels.add import add_s8
-from microtrain.kernels.add_host import add_host_fits, add_s8_host, add_table
+from microtrain.kernels.add_host import bind_add_s8
 from microtrain.kernels.mask import NO_MASK  # inference writes no 1-bit training masks
 from microtrain.kernels.pool import global_mean_s8
 from microtrain.kernels.fully_connected import fully_connected_s8
@@ -99,7 +99,7 @@ class Inference:
         self._xf = np.empty(rows_in, np.float32)
         self._acc = np.empty(rows_out, np.float32)
         self._wt = {}  # op name -> (K, Co) f32 weight; "rq:" + op name -> (4, Co) f64 requantization constants
-        self._add_tables = {}  # ADD parameters -> (65536,) int16 lookup table (add_host.add_table)
+        self._add_tables = {}  # ADD parameters -> (65536,) int16 lookup table (add_host.bind_add_s8)
         self._steps = [self._bind(op) for op in self.graph.ops]
         self.host_bytes = (self._xf.nbytes + self._acc.nbytes + sum(w.nbytes for w in self._wt.values())
                            + sum(t.nbytes for t in self._add_tables.values()))
@@ -167,8 +167,8 @@ class Inference:
             (am, ash), (bm, bsh), (ym, ysh) = add_multipliers(aq[0], bq[0], yq[0])
             a, b = self.view(op.inputs[0]), self.view(op.inputs[1])
             params = (aq[1], am, ash, bq[1], bm, bsh, yq[1], ym, ysh, -128, 127)
-            if self.backend == "blas" and add_host_fits(y.shape[2], y.shape[3]):
-                return add_s8_host, (y, NO_MASK, a, b, add_table(self._add_tables, *params))
+            if self.backend == "blas":
+                return bind_add_s8(self._add_tables, y, NO_MASK, a, b, params)
             return add_s8, (y, NO_MASK, a, b) + params
         if op.kind == "mean":
             return global_mean_s8, (y, self.view(op.inputs[0]), -128, 127)

@@ -20,8 +20,7 @@ import numpy as np
 from microtrain.arena import Arena, read_only
 from microtrain.errors import ArenaOverflowError, ConfigError, InputError
 from microtrain.graph import CONV_KINDS, with_classes
-from microtrain.kernels.add import add_f32, add_s8
-from microtrain.kernels.add_host import add_host_fits, add_s8_host
+from microtrain.kernels.add import add_f32
 from microtrain.kernels.clamp_backward import clamp_f32_backward
 from microtrain.kernels.conv2d import conv2d_f32, conv2d_s8
 from microtrain.kernels.conv2d_backward import conv2d_f32_backward_input
@@ -542,9 +541,7 @@ class FisherPass:
                                                               m.quant[op.output][0])
             params = (m.quant[op.inputs[0]][1], am, ash, m.quant[op.inputs[1]][1], bm, bsh, m.quant[op.output][1], ym,
                       ysh, -128, 127)
-            if add_host_fits(y.shape[2], y.shape[3]):  # same bits; host kernel (int8 mode has self._gemm)
-                return [(add_s8_host, (y, mask, xs[0], xs[1], self._gemm.add_table(params)))]
-            return [(add_s8, (y, mask, xs[0], xs[1]) + params)]
+            return [self._gemm.bind_add(y, mask, xs[0], xs[1], params)]  # same bits; int8 mode has self._gemm
         w, b = self._weights(op)
         geo = (op.stride, op.pad) if op.kind in ("conv2d", "depthwise") else ()
         if int8:

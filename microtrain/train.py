@@ -18,7 +18,6 @@ from microtrain.arena import Arena, read_only
 from microtrain.errors import InputError, NumericError
 from microtrain.kernels import update as upd
 from microtrain.kernels.add import add_s8, add_f32
-from microtrain.kernels.add_host import add_host_fits, add_s8_host
 from microtrain.kernels.clamp_backward import clamp_f32_backward
 from microtrain.kernels.bias_backward import bias_f32_backward, bias_f32_backward_2d
 from microtrain.kernels.conv2d import conv2d_f32, conv2d_s8
@@ -212,10 +211,8 @@ class TrainStep:
                 a, b = self._act(op.inputs[0]), self._act(op.inputs[1])
                 params = (m.quant[op.inputs[0]][1], am, ash, m.quant[op.inputs[1]][1], bm, bsh, m.quant[op.output][1],
                           ym, ysh, -128, 127)
-                if self._gemm and add_host_fits(y.shape[2], y.shape[3]):
-                    F.append((add_s8_host, (y, mask, a, b, self._gemm.add_table(params))))
-                else:
-                    F.append((add_s8, (y, mask, a, b) + params))
+                loop = (add_s8, (y, mask, a, b) + params)  # the reference backend: the kernel firmware runs
+                F.append(self._gemm.bind_add(y, mask, a, b, params) if self._gemm else loop)
             else:
                 F.append((add_f32, (y, self._act(op.inputs[0]), self._act(op.inputs[1]))))
             return

@@ -38,7 +38,7 @@ int8 weight a GEMM reads, each int8 GEMM or depthwise layer's (4, Co) float64 re
 import numpy as np
 
 from microtrain.arena import read_only
-from microtrain.kernels.add_host import add_table
+from microtrain.kernels.add_host import bind_add_s8
 from microtrain.kernels.depthwise_host import (bind_depthwise_s8, depthwise_conv_f32_backward_input_host,
                                               depthwise_conv_f32_host, depthwise_f32_host_fits)
 from microtrain.kernels.gather import gather_channels
@@ -75,17 +75,17 @@ class HostGemm:
         self._w = np.empty(w, F32)  # a trainable int8 weight widened for this step
         self._frozen = {}  # op name -> read-only float32 copy of a frozen int8 weight (Co, K)
         self._rq = {}  # op name -> requantization constants of the float64 fast path (gemm_io.requant_f64_params)
-        self._add_tables = {}  # int8 ADD parameters -> (65536,) int16 lookup table (add_host.add_table)
+        self._add_tables = {}  # int8 ADD parameters -> (65536,) int16 lookup table (add_host.bind_add_s8)
 
     @property
     def host_bytes(self):
         return (self._a.nbytes + self._b.nbytes + self._w.nbytes + sum(v.nbytes for v in self._frozen.values())
                 + sum(v.nbytes for v in self._rq.values()) + sum(v.nbytes for v in self._add_tables.values()))
 
-    def add_table(self, params):
-        """The lookup table of an int8 residual ADD (add_host.add_s8_host) with add_s8's parameters `params` (after
-        its tensors), built once per distinct parameter set and counted in host_bytes."""
-        return add_table(self._add_tables, *params)
+    def bind_add(self, y, mask, a, b, params):
+        """(kernel, args) of an int8 residual ADD with add_s8's parameters `params` (after its tensors):
+        add_host.bind_add_s8, its lookup table built once per distinct parameter set and counted in host_bytes."""
+        return bind_add_s8(self._add_tables, y, mask, a, b, params)
 
     def _frozen_f32(self, op, w_int):
         if op.name not in self._frozen:

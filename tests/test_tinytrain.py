@@ -299,6 +299,7 @@ def test_pass_allocates_no_numpy_memory(mode):
 def test_host_kernels_give_the_loop_kernels_bits(mode, monkeypatch):
     """The pass binds the host depthwise / ADD kernels and (int8) the exact GEMM forward where they fit; with them
     refused (every layer on the loop kernels firmware runs) the deltas, potentials and loss are the same bits."""
+    import microtrain.kernels.add_host as ah
     import microtrain.kernels.depthwise_host as dh
     import microtrain.tinytrain as tt
 
@@ -314,8 +315,8 @@ def test_host_kernels_give_the_loop_kernels_bits(mode, monkeypatch):
         assert not {"pointwise_conv_s8", "conv2d_s8"} & bound
     fast = fisher_potential(m, x, y, K, head=head, mode=mode)
     monkeypatch.setattr(dh, "depthwise_host_fits", lambda *a: False)  # read by bind_depthwise_s8
-    for name in ("add_host_fits", "depthwise_f32_host_fits"):
-        monkeypatch.setattr(tt, name, lambda *a: False)
+    monkeypatch.setattr(ah, "add_host_fits", lambda *a: False)  # read by bind_add_s8
+    monkeypatch.setattr(tt, "depthwise_f32_host_fits", lambda *a: False)
     monkeypatch.setattr(tt.HostGemm, "forward_s8", lambda *a: None)  # the loop kernels' int8 conv forward
     if mode == "int8":
         fwd, _, _ = FisherPass(m, fp, head=head)._bind(3)
