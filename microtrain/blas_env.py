@@ -38,3 +38,67 @@ def _set_timeout():
 
 
 BLAS_WAIT = _set_timeout()
+
+
+# ---- OpenBLAS's thread count, for batch-split runs (microtrain/batch_split.py) ------------------------------------
+# OpenBLAS exports openblas_get_num_threads / openblas_set_num_threads; NumPy's wheels rename the library's symbols
+# (scipy-openblas: a "scipy_" prefix and, for the 64-bit integer build, a "64_" suffix). Tried in this order.
+_THREAD_SYMBOLS = (("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+                   ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
+                   ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
+                   ("openblas_get_num_threads", "openblas_set_num_threads"))
+
+
+class BlasThreads:
+    """get() / set(n) of the OpenBLAS library NumPy links (process-wide, like OpenBLAS's own setting)."""
+
+    def __init__(self, path, get_fn, set_fn):
+        self.path = path
+        self._get = get_fn
+        self._set = set_fn
+
+    def get(self):
+        return int(self._get())
+
+    def set(self, n):
+        self._set(int(n))
+
+
+def _mapped_openblas():
+    """Paths of the OpenBLAS libraries mapped into this process, NumPy's own first (a wheel vendors it beside
+    numpy, e.g. numpy.libs/; SciPy may map another), or [] where /proc/self/maps cannot be read."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "/" in line and "openblas" in line.lower()}
+    except OSError:
+        return []
+    return sorted(paths, key=lambda p: ("numpy" not in p, p))
+
+
+_BLAS_THREADS = []  # [BlasThreads or None], found once
+
+
+def blas_threads():
+    """The BlasThreads of NumPy's OpenBLAS, or None (another BLAS, no /proc, or symbols not found). Looked up once,
+    after NumPy has loaded its BLAS (NumPy is imported here if it was not)."""
+    if not _BLAS_THREADS:
+        import ctypes
+
+        import numpy  # noqa: F401  (its BLAS must be mapped before the lookup)
+        found = None
+        for path in _mapped_openblas():
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:
+                continue
+            for get_name, set_name in _THREAD_SYMBOLS:
+                if hasattr(lib, get_name) and hasattr(lib, set_name):
+                    get_fn, set_fn = getattr(lib, get_name), getattr(lib, set_name)
+                    get_fn.restype, get_fn.argtypes = ctypes.c_int, []
+                    set_fn.restype, set_fn.argtypes = None, [ctypes.c_int]
+                    found = BlasThreads(path, get_fn, set_fn)
+                    break
+            if found is not None:
+                break
+        _BLAS_THREADS.append(found)
+    return _BLAS_THREADS[0]

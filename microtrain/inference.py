@@ -16,10 +16,21 @@ Two backends, identical outputs bit for bit (tests check both against TFLM):
     convs and residual adds run host kernels (kernels/depthwise_host.py, add_host.py; same bits). Host only:
     its float32 operands, requantization constants and ADD lookup tables are host memory outside the planned
     arena (`host_bytes`); the arena and its peak are the same for both backends.
+
+Batch split (host only, microtrain/batch_split.py): with `split` groups > 1 a run hands each group of images to
+its own thread, which runs the whole network on them serially in a group engine of its own (an Inference of that
+group's batch, with its own arena: host memory, counted in `host_bytes`; the constants are shared). The output is
+the same bits (integer arithmetic per image); the logits are copied into this engine's arena, whose plan stays the
+memory a sequential device needs. By default one group per Numba thread where batch_split.available(); other
+tensors of this arena (`view`) are then not written, so preserve_all=True runs sequentially.
 """
 
+from functools import partial
+
+import numba
 import numpy as np
 
+from microtrain import batch_split
 from microtrain.arena import Arena, read_only
 from microtrain.errors import InputError
 from microtrain.planner import PlanBuilder
@@ -43,28 +54,33 @@ def tensor_shape(graph, name, batch):
     return (batch,) + tuple(graph.shapes[name])
 
 
-def plan_inference(graph, batch=1, preserve_all=False):
+def plan_inference(graph, batch=1, preserve_all=False, stop=None, outputs=None):
     """The inference Plan of `graph` at `batch`: head = int8 activations, tail = requant params.
 
     preserve_all=True keeps every tensor for the whole run (TFLM's kPreserveAllTensors / linear
     planner): used to compare intermediate tensors layer by layer with another runtime.
+    stop, outputs: plan only the first `stop` ops, with `outputs` (tensor names; default the graph's output)
+    kept to the end: a network's frozen prefix, run on its own (TrainStep's batch split).
     """
     pb = PlanBuilder()
-    n = len(graph.ops)
+    ops = graph.ops[:stop]
+    outputs = tuple(outputs) if outputs is not None else (graph.output,)
+    n = len(ops)
     first, last = {graph.input_name: 0}, {graph.input_name: 0}
-    for i, op in enumerate(graph.ops):
+    for i, op in enumerate(ops):
         scope = i + 1
         for t in op.inputs:
             last[t] = max(last[t], scope)
         first[op.output] = scope
         last[op.output] = scope
-    last[graph.output] = n  # graph outputs stay to the end
+    for t in outputs:
+        last[t] = n  # graph outputs stay to the end
     for t in first:
         nbytes = int(np.prod(tensor_shape(graph, t, batch)))
         f, l = (0, n) if preserve_all else (first[t], last[t])
         pb.request(t, nbytes, f, l, category="input" if t == graph.input_name else
-                   ("output" if t == graph.output else "activation"))
-    for op in graph.ops:
+                   ("output" if t in outputs else "activation"))
+    for op in ops:
         if op.has_weights:
             pb.request(f"{op.name}/mult", 4 * op.cout, 0, n, category="quant_params", region="tail")
             pb.request(f"{op.name}/shift", 4 * op.cout, 0, n, category="quant_params", region="tail")
@@ -80,29 +96,68 @@ class Inference:
 
     backend: "blas" or "reference" (module docstring). host_bytes: the float32 GEMM operands and weights, the
     requantization constants and the ADD lookup tables the "blas" backend keeps outside the arena (0 for
-    "reference").
+    "reference"), and the group engines' arenas when the batch is split.
+
+    split: groups of images run concurrently (module docstring, "Batch split"); None: for "blas",
+    batch_split.auto_groups (one per Numba thread where available, else 1), for "reference" 1; 1: sequential. A run while this thread's Numba width is 1
+    (numba.set_num_threads(1) after construction) runs sequentially, on one core as asked.
     """
 
-    def __init__(self, model, batch=1, preserve_all=False, arena_buffer=None, backend="blas"):
+    def __init__(self, model, batch=1, preserve_all=False, arena_buffer=None, backend="blas", split=None,
+                 stop=None, outputs=None, _constants=None, _scratch=None):
         if backend not in BACKENDS:
             raise InputError(f"unknown inference backend {backend!r}; use one of {', '.join(BACKENDS)}")
         self.model = model
         self.graph = model.graph
         self.batch = batch
         self.backend = backend
-        self.plan = plan_inference(self.graph, batch, preserve_all)
+        # stop / outputs: run only the first `stop` ops and keep `outputs` (plan_inference); run() returns the first
+        self.ops = self.graph.ops[:stop]
+        self.outputs = tuple(outputs) if outputs is not None else (self.graph.output,)
+        self.plan = plan_inference(self.graph, batch, preserve_all, stop, self.outputs)
         self.arena = Arena(self.plan, buffer=arena_buffer)
         self._gemm_ops = self._gemm_layers() if backend == "blas" else {}
         # one left operand and one result buffer shared by every GEMM layer (ops run one after another)
         rows_in = max((p * ci for p, ci, _ in self._gemm_ops.values()), default=0)
         rows_out = max((p * co for p, _, co in self._gemm_ops.values()), default=0)
-        self._xf = np.empty(rows_in, np.float32)
-        self._acc = np.empty(rows_out, np.float32)
-        self._wt = {}  # op name -> (K, Co) f32 weight; "rq:" + op name -> (4, Co) f64 requantization constants
-        self._add_tables = {}  # ADD parameters -> (65536,) int16 lookup table (add_host.bind_add_s8)
-        self._steps = [self._bind(op) for op in self.graph.ops]
-        self.host_bytes = (self._xf.nbytes + self._acc.nbytes + sum(w.nbytes for w in self._wt.values())
-                           + sum(t.nbytes for t in self._add_tables.values()))
+        # a group engine gets its images' share of its parent's (rows_in and rows_out are batch * per-image)
+        self._xf, self._acc = _scratch if _scratch is not None else (np.empty(rows_in, np.float32),
+                                                                     np.empty(rows_out, np.float32))
+        if self._xf.size < rows_in or self._acc.size < rows_out:
+            raise ValueError(f"GEMM scratch too small: {self._xf.size}, {self._acc.size} float32 elements for "
+                             f"{rows_in}, {rows_out}")
+        # op name -> (K, Co) f32 weight; "rq:" + op name -> (4, Co) f64 requantization constants; ADD parameters ->
+        # (65536,) int16 lookup table (add_host.bind_add_s8). A group engine shares its parent's (read-only).
+        self._wt, self._add_tables = _constants if _constants is not None else ({}, {})
+        self._steps = [self._bind(op) for op in self.ops]
+        self._groups = self._group_engines(split, preserve_all)
+        self.split = max(1, len(self._groups))
+        if _constants is None:  # a group engine's share is its parent's
+            self.host_bytes = (self._xf.nbytes + self._acc.nbytes + sum(w.nbytes for w in self._wt.values())
+                               + sum(t.nbytes for t in self._add_tables.values())
+                               + sum(part.arena.buffer.nbytes for _, part in self._groups))
+        else:
+            self.host_bytes = 0
+
+    def _group_engines(self, split, preserve_all):
+        """[((n0, n1), Inference of batch n1 - n0)] of a split run, or [] (sequential)."""
+        if split is None:  # the host speed-up is the "blas" backend's; "reference" runs as firmware does unless asked
+            groups = batch_split.auto_groups(self.batch) if self.backend == "blas" else 1
+        else:
+            groups = int(split)
+        if groups < 1 or groups > self.batch:
+            raise InputError(f"split must be between 1 and the batch ({self.batch}), got {split}")
+        if groups == 1 or preserve_all:
+            return []
+        why = batch_split.unsafe()
+        if why:
+            raise InputError(f"cannot split the batch here: {why}; use split=1")
+        xi, ai = self._xf.size // self.batch, self._acc.size // self.batch  # float32 elements per image
+        # each group's GEMM scratch is its images' share of this engine's: disjoint, whatever layer each is at
+        return [((n0, n1), Inference(self.model, n1 - n0, backend=self.backend, split=1, stop=len(self.ops),
+                                     outputs=self.outputs, _constants=(self._wt, self._add_tables),
+                                     _scratch=(self._xf[n0 * xi:n1 * xi], self._acc[n0 * ai:n1 * ai])))
+                for n0, n1 in batch_split.group_bounds(self.batch, groups)]
 
     def view(self, tensor):
         return self.arena.view(tensor, tensor_shape(self.graph, tensor, self.batch), np.int8)
@@ -111,7 +166,7 @@ class Inference:
         """{op name: (rows P, K, Co)} of the convs and classifiers whose sums are exact in float32: P output
         pixels (or samples), K = KH * KW * Ci terms per sum."""
         out = {}
-        for op in self.graph.ops:
+        for op in self.ops:
             if op.kind in ("conv2d", "pointwise", "fc"):
                 w = self.model.params[op.name]["weight"]
                 w2 = w.reshape(w.shape[0], -1)  # (Co, K): OHWI flattened in (ky, kx, ci) order
@@ -124,11 +179,13 @@ class Inference:
         """The "blas" backend's step for a conv / classifier: widen (or im2col), sgemm, requantize."""
         P, k, co = self._gemm_ops[op.name]
         w = self.model.params[op.name]["weight"].reshape(co, k)
-        wt = self._wt[op.name] = np.ascontiguousarray(w.T, dtype=np.float32)  # (K, Co), exact
+        if op.name not in self._wt:  # (a group engine finds its parent's)
+            self._wt[op.name] = read_only(np.ascontiguousarray(w.T, dtype=np.float32))  # (K, Co), exact
+            self._wt[f"rq:{op.name}"] = read_only(requant_f64_params(mult, shift, weight_reach(w, x_zp)))  # (4, Co)
+        wt, rq = self._wt[op.name], self._wt[f"rq:{op.name}"]
         xf = self._xf[:P * k].reshape(P, k)
         acc = self._acc[:P * co].reshape(P, co)
-        rq = self._wt[f"rq:{op.name}"] = read_only(requant_f64_params(mult, shift, weight_reach(w, x_zp)))  # (4, Co)
-        tail = (xf, read_only(wt), acc, bias, rq, mult, shift, x_zp, y_zp, lo, hi)
+        tail = (xf, wt, acc, bias, rq, mult, shift, x_zp, y_zp, lo, hi)
         if op.kind == "conv2d":
             return _gemm_conv_s8, (y.reshape(P, co), read_only(x)) + tail + (op.kernel, op.stride, op.pad)
         return _gemm_s8, (y.reshape(P, co), read_only(x.reshape(P, k))) + tail
@@ -187,10 +244,26 @@ class Inference:
         """Run the network on x (N, H, W, C) int8. Returns the arena view of the logits (N, classes):
         it is overwritten by the next run, copy it to keep it."""
         self.check_input(x)
+        if self._groups and numba.get_num_threads() > 1:
+            batch_split.run_groups([partial(run_group, part, x[n0:n1], [self.view(t)[n0:n1] for t in self.outputs])
+                                    for (n0, n1), part in self._groups])
+        else:
+            self.run_steps(x)
+        return self.view(self.outputs[0])
+
+    def run_steps(self, x):
+        """The sequential run on x, already checked (check_input): copy it in, call every kernel."""
         self.view(self.graph.input_name)[...] = x
         for fn, args in self._steps:
             fn(*args)
-        return self.view(self.graph.output)
+
+
+def run_group(part, x, outs):
+    """One group of a split run (on its own thread): the group engine on its images, its outputs into outs (this
+    group's rows of the parent's output views)."""
+    part.run_steps(x)
+    for t, out in zip(part.outputs, outs):
+        out[...] = part.view(t)
 
 
 def _gemm_s8(y, x, xf, wt, acc, bias, rq, mult, shift, x_zp, y_zp, lo, hi):

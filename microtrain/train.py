@@ -8,12 +8,23 @@ Frozen weights stay read-only ("flash"); trainable weight/bias copies, the fp32 
 live in the arena's tail for the whole adaptation. Precomputed per-channel constants (requantization
 multipliers and shifts, QAS coefficients, kept-channel index lists) are flash too (firmware stores them
 as const arrays; TinyEngine does the same with its scales).
+
+Batch split (host only, "blas" backend, int8 mode; microtrain/batch_split.py): the frozen prefix of the forward
+pass (the ops before the first whose output needs a gradient: no mask, nothing saved for the backward) is integer
+arithmetic per image, so a run with `split` groups hands each group of images to its own thread, which runs that
+prefix serially in a group engine (microtrain.inference.Inference stopped at the prefix, with an arena of its
+own: host memory, in `host_bytes`; its GEMM scratch is its images' share of HostGemm's buffers). The tensors the
+rest of the step reads from the prefix are copied into this arena; the rest runs as before. Same bits as the
+sequential step; the arena and its plan are unchanged (what a sequential device needs).
 """
 
 import dataclasses
+from functools import partial
 
+import numba
 import numpy as np
 
+from microtrain import batch_split
 from microtrain.arena import Arena, read_only
 from microtrain.errors import InputError, NumericError
 from microtrain.kernels import update as upd
@@ -68,9 +79,11 @@ class TrainStep:
     model: the int8 Model (its classifier is replaced by an fp32 head of n_classes);
     cfg: a SparseConfig for model.graph; opts: TrainOptions;
     head: optional (W (K, C) float32, b (K,) float32) initial head (default zeros).
+    split: groups of images that run the frozen prefix concurrently (module docstring, "Batch split"); None:
+    batch_split.auto_groups where the step can split (int8 mode, "blas" backend, a frozen prefix), else 1.
     """
 
-    def __init__(self, model, cfg, n_classes, opts, head=None, arena_buffer=None):
+    def __init__(self, model, cfg, n_classes, opts, head=None, arena_buffer=None, split=None):
         from microtrain.graph import with_classes
 
         opts.validate()
@@ -87,6 +100,8 @@ class TrainStep:
         # the "blas" backend's host buffers (microtrain.train_gemm); None: every op runs its loop kernel
         self._gemm = HostGemm(graph, opts.batch) if opts.backend == "blas" else None
         self._bind()
+        self._groups, self._crossing, self._prefix_consts = self._prefix_groups(split)
+        self.split = max(1, len(self._groups))
         # fp32 trainable parameters are checked for NaN/inf before every step (int8/int32 ones cannot be)
         self._float_params = [self.v(n) for n in self.specs if n.startswith("train:") and self.specs[n][1] == F32]
 
@@ -113,8 +128,51 @@ class TrainStep:
 
     @property
     def host_bytes(self):
-        """Host memory outside the arena and flash that the "blas" backend's GEMMs use (0 for "reference")."""
-        return 0 if self._gemm is None else self._gemm.host_bytes
+        """Host memory outside the arena and flash that the "blas" backend uses (0 for "reference"): the GEMMs'
+        buffers and constants, and with a batch split the group engines' arenas and their constants."""
+        if self._gemm is None:
+            return 0
+        wt, tables = self._prefix_consts
+        return (self._gemm.host_bytes + sum(part.arena.buffer.nbytes for _, part in self._groups)
+                + sum(v.nbytes for v in wt.values()) + sum(v.nbytes for v in tables.values()))
+
+    def _prefix_groups(self, split):
+        """The batch split of the frozen prefix (module docstring): ([((n0, n1), group engine)], the tensors
+        handed over, the group engines' shared constants); no groups where the step runs sequentially."""
+        from microtrain.inference import Inference
+
+        a, opts, ops = self.analysis, self.opts, self.graph.ops
+        groups = batch_split.auto_groups(opts.batch) if split is None else int(split)
+        if groups < 1 or groups > opts.batch:
+            raise InputError(f"split must be between 1 and the batch ({opts.batch}), got {split}")
+        k = 0  # ops [0, k) are the frozen prefix
+        while k < len(ops) and ops[k] is not a.head and not a.requires_grad[ops[k].output]:
+            k += 1
+        consts = ({}, {})
+        if groups == 1 or k == 0 or opts.mode != "int8" or self._gemm is None:
+            return [], (), consts
+        why = batch_split.unsafe()
+        if why:
+            raise InputError(f"cannot split the batch here: {why}; use split=1")
+        made = {op.output for op in ops[:k]}
+        crossing = tuple(dict.fromkeys(t for op in ops[k:] for t in op.inputs if t in made))
+        self._forward_rest = self._forward[self._fwd_marks[k - 1]:]
+        return [((n0, n1), Inference(self.model, n1 - n0, backend="blas", split=1, stop=k, outputs=crossing,
+                                     _constants=consts, _scratch=self._gemm.image_share(n0, n1, opts.batch)))
+                for n0, n1 in batch_split.group_bounds(opts.batch, groups)], crossing, consts
+
+    def _run_forward(self, x):
+        """The forward pass on x (checked): the frozen prefix in groups where the batch is split, then the rest."""
+        self.v(f"act:{self.graph.input_name}")[...] = x
+        forward = self._forward
+        if self._groups and numba.get_num_threads() > 1:
+            from microtrain.inference import run_group
+
+            batch_split.run_groups([partial(run_group, part, x[n0:n1], [self._act(t)[n0:n1] for t in self._crossing])
+                                    for (n0, n1), part in self._groups])
+            forward = self._forward_rest
+        for fn, args in forward:
+            fn(*args)
 
     def _init_tail(self, head):
         m, a = self.model, self.analysis
@@ -165,8 +223,10 @@ class TrainStep:
 
     # ---- binding --------------------------------------------------------------------------------
     def _bind(self):
+        self._fwd_marks = []  # len(self._forward) after each op's entries: where the rest follows a prefix
         for op in self.graph.ops:
             self._bind_forward(op)
+            self._fwd_marks.append(len(self._forward))
         self._bind_loss()
         for op in self.analysis.backward_ops:
             self._bind_backward(op)
@@ -417,10 +477,8 @@ class TrainStep:
             if not upd.all_finite(w):
                 raise NumericError("a trainable fp32 parameter holds NaN or inf (diverged training, or a bad head "
                                    "given); the weights were not changed: lower the learning rate or re-initialise")
-        self.v(f"act:{self.graph.input_name}")[...] = x
         self.v("labels")[...] = labels
-        for fn, args in self._forward:
-            fn(*args)
+        self._run_forward(x)
         loss = softmax_cross_entropy_f32(*self._loss_args)
         if not np.isfinite(loss) or not upd.all_finite(self._loss_args[0]):
             raise NumericError("the loss or its gradient is not finite (NaN/inf in the head or inputs); "
@@ -478,9 +536,7 @@ class TrainStep:
         dt = np.int8 if self.opts.mode == "int8" else np.float32
         if not isinstance(x, np.ndarray) or x.dtype != dt or x.shape != want:
             raise InputError(f"input must be {np.dtype(dt)} {want}")
-        self.v(f"act:{self.graph.input_name}")[...] = x
-        for fn, args in self._forward:
-            fn(*args)
+        self._run_forward(x)
         return self.v("head:logits").copy()
 
     def features(self, x):

@@ -77,6 +77,13 @@ class HostGemm:
         self._rq = {}  # op name -> requantization constants of the float64 fast path (gemm_io.requant_f64_params)
         self._add_tables = {}  # int8 ADD parameters -> (65536,) int16 lookup table (add_host.bind_add_s8)
 
+    def image_share(self, n0, n1, batch):
+        """(left operand, result) float32 views of images [n0, n1) of `batch`: a batch-split group's GEMM scratch
+        (microtrain.train, "Batch split"). Each buffer is batch times its largest per-image need, so the groups'
+        shares are disjoint whatever layer each group is at."""
+        a, b = self._a.size // batch, self._b.size // batch
+        return self._a[n0 * a:n1 * a], self._b[n0 * b:n1 * b]
+
     @property
     def host_bytes(self):
         return (self._a.nbytes + self._b.nbytes + self._w.nbytes + sum(v.nbytes for v in self._frozen.values())
