@@ -25,6 +25,7 @@ Process-wide effects while a split run is in flight: OpenBLAS runs single-thread
 not reentrant (one at a time: a lock serialises them).
 """
 
+import os
 import queue
 import threading
 
@@ -102,6 +103,7 @@ class _Worker:
 
 
 _WORKERS = []
+_WORKERS_PID = [os.getpid()]  # a forked child inherits the list but not the threads: it starts its own
 _RUN_LOCK = threading.Lock()
 
 
@@ -110,6 +112,9 @@ def run_groups(jobs):
     every one at Numba width 1 with OpenBLAS single-threaded. Returns when all have finished (so none still writes
     when an exception propagates); re-raises the first job's exception, in job order."""
     with _RUN_LOCK:
+        if _WORKERS_PID[0] != os.getpid():
+            _WORKERS.clear()
+            _WORKERS_PID[0] = os.getpid()
         while len(_WORKERS) < len(jobs) - 1:
             _WORKERS.append(_Worker())
         api = blas_env.blas_threads()

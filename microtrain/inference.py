@@ -54,33 +54,28 @@ def tensor_shape(graph, name, batch):
     return (batch,) + tuple(graph.shapes[name])
 
 
-def plan_inference(graph, batch=1, preserve_all=False, stop=None, outputs=None):
+def plan_inference(graph, batch=1, preserve_all=False):
     """The inference Plan of `graph` at `batch`: head = int8 activations, tail = requant params.
 
     preserve_all=True keeps every tensor for the whole run (TFLM's kPreserveAllTensors / linear
     planner): used to compare intermediate tensors layer by layer with another runtime.
-    stop, outputs: plan only the first `stop` ops, with `outputs` (tensor names; default the graph's output)
-    kept to the end: a network's frozen prefix, run on its own (TrainStep's batch split).
     """
     pb = PlanBuilder()
-    ops = graph.ops[:stop]
-    outputs = tuple(outputs) if outputs is not None else (graph.output,)
-    n = len(ops)
+    n = len(graph.ops)
     first, last = {graph.input_name: 0}, {graph.input_name: 0}
-    for i, op in enumerate(ops):
+    for i, op in enumerate(graph.ops):
         scope = i + 1
         for t in op.inputs:
             last[t] = max(last[t], scope)
         first[op.output] = scope
         last[op.output] = scope
-    for t in outputs:
-        last[t] = n  # graph outputs stay to the end
+    last[graph.output] = n  # graph outputs stay to the end
     for t in first:
         nbytes = int(np.prod(tensor_shape(graph, t, batch)))
         f, l = (0, n) if preserve_all else (first[t], last[t])
         pb.request(t, nbytes, f, l, category="input" if t == graph.input_name else
-                   ("output" if t in outputs else "activation"))
-    for op in ops:
+                   ("output" if t == graph.output else "activation"))
+    for op in graph.ops:
         if op.has_weights:
             pb.request(f"{op.name}/mult", 4 * op.cout, 0, n, category="quant_params", region="tail")
             pb.request(f"{op.name}/shift", 4 * op.cout, 0, n, category="quant_params", region="tail")
@@ -99,22 +94,20 @@ class Inference:
     "reference"), and the group engines' arenas when the batch is split.
 
     split: groups of images run concurrently (module docstring, "Batch split"); None: for "blas",
-    batch_split.auto_groups (one per Numba thread where available, else 1), for "reference" 1; 1: sequential. A run while this thread's Numba width is 1
-    (numba.set_num_threads(1) after construction) runs sequentially, on one core as asked.
+    batch_split.auto_groups (one per Numba thread where available, else 1), for "reference" 1; 1: sequential.
+    A run while this thread's Numba width is 1 (numba.set_num_threads(1) after construction) runs
+    sequentially, on one core as asked.
     """
 
     def __init__(self, model, batch=1, preserve_all=False, arena_buffer=None, backend="blas", split=None,
-                 stop=None, outputs=None, _constants=None, _scratch=None):
+                 _constants=None, _scratch=None):
         if backend not in BACKENDS:
             raise InputError(f"unknown inference backend {backend!r}; use one of {', '.join(BACKENDS)}")
         self.model = model
         self.graph = model.graph
         self.batch = batch
         self.backend = backend
-        # stop / outputs: run only the first `stop` ops and keep `outputs` (plan_inference); run() returns the first
-        self.ops = self.graph.ops[:stop]
-        self.outputs = tuple(outputs) if outputs is not None else (self.graph.output,)
-        self.plan = plan_inference(self.graph, batch, preserve_all, stop, self.outputs)
+        self.plan = plan_inference(self.graph, batch, preserve_all)
         self.arena = Arena(self.plan, buffer=arena_buffer)
         self._gemm_ops = self._gemm_layers() if backend == "blas" else {}
         # one left operand and one result buffer shared by every GEMM layer (ops run one after another)
@@ -129,7 +122,7 @@ class Inference:
         # op name -> (K, Co) f32 weight; "rq:" + op name -> (4, Co) f64 requantization constants; ADD parameters ->
         # (65536,) int16 lookup table (add_host.bind_add_s8). A group engine shares its parent's (read-only).
         self._wt, self._add_tables = _constants if _constants is not None else ({}, {})
-        self._steps = [self._bind(op) for op in self.ops]
+        self._steps = [self._bind(op) for op in self.graph.ops]
         self._groups = self._group_engines(split, preserve_all)
         self.split = max(1, len(self._groups))
         if _constants is None:  # a group engine's share is its parent's
@@ -154,8 +147,8 @@ class Inference:
             raise InputError(f"cannot split the batch here: {why}; use split=1")
         xi, ai = self._xf.size // self.batch, self._acc.size // self.batch  # float32 elements per image
         # each group's GEMM scratch is its images' share of this engine's: disjoint, whatever layer each is at
-        return [((n0, n1), Inference(self.model, n1 - n0, backend=self.backend, split=1, stop=len(self.ops),
-                                     outputs=self.outputs, _constants=(self._wt, self._add_tables),
+        return [((n0, n1), Inference(self.model, n1 - n0, backend=self.backend, split=1,
+                                     _constants=(self._wt, self._add_tables),
                                      _scratch=(self._xf[n0 * xi:n1 * xi], self._acc[n0 * ai:n1 * ai])))
                 for n0, n1 in batch_split.group_bounds(self.batch, groups)]
 
@@ -166,7 +159,7 @@ class Inference:
         """{op name: (rows P, K, Co)} of the convs and classifiers whose sums are exact in float32: P output
         pixels (or samples), K = KH * KW * Ci terms per sum."""
         out = {}
-        for op in self.ops:
+        for op in self.graph.ops:
             if op.kind in ("conv2d", "pointwise", "fc"):
                 w = self.model.params[op.name]["weight"]
                 w2 = w.reshape(w.shape[0], -1)  # (Co, K): OHWI flattened in (ky, kx, ci) order
@@ -244,26 +237,23 @@ class Inference:
         """Run the network on x (N, H, W, C) int8. Returns the arena view of the logits (N, classes):
         it is overwritten by the next run, copy it to keep it."""
         self.check_input(x)
+        out = self.view(self.graph.output)
         if self._groups and numba.get_num_threads() > 1:
-            batch_split.run_groups([partial(run_group, part, x[n0:n1], [self.view(t)[n0:n1] for t in self.outputs])
-                                    for (n0, n1), part in self._groups])
-        else:
-            self.run_steps(x)
-        return self.view(self.outputs[0])
-
-    def run_steps(self, x):
-        """The sequential run on x, already checked (check_input): copy it in, call every kernel."""
+            batch_split.run_groups([partial(_run_group, part, x[n0:n1], out[n0:n1]) for (n0, n1), part in self._groups])
+            return out
         self.view(self.graph.input_name)[...] = x
         for fn, args in self._steps:
             fn(*args)
+        return out
 
 
-def run_group(part, x, outs):
-    """One group of a split run (on its own thread): the group engine on its images, its outputs into outs (this
-    group's rows of the parent's output views)."""
-    part.run_steps(x)
-    for t, out in zip(part.outputs, outs):
-        out[...] = part.view(t)
+def _run_group(part, x, out):
+    """One group of a split run (on its own thread): the group engine on its images (checked by the caller),
+    its logits into out (this group's rows of the parent's output)."""
+    part.view(part.graph.input_name)[...] = x
+    for fn, args in part._steps:
+        fn(*args)
+    out[...] = part.view(part.graph.output)
 
 
 def _gemm_s8(y, x, xf, wt, acc, bias, rq, mult, shift, x_zp, y_zp, lo, hi):

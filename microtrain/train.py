@@ -9,13 +9,16 @@ live in the arena's tail for the whole adaptation. Precomputed per-channel const
 multipliers and shifts, QAS coefficients, kept-channel index lists) are flash too (firmware stores them
 as const arrays; TinyEngine does the same with its scales).
 
-Batch split (host only, "blas" backend, int8 mode; microtrain/batch_split.py): the frozen prefix of the forward
-pass (the ops before the first whose output needs a gradient: no mask, nothing saved for the backward) is integer
-arithmetic per image, so a run with `split` groups hands each group of images to its own thread, which runs that
-prefix serially in a group engine (microtrain.inference.Inference stopped at the prefix, with an arena of its
-own: host memory, in `host_bytes`; its GEMM scratch is its images' share of HostGemm's buffers). The tensors the
-rest of the step reads from the prefix are copied into this arena; the rest runs as before. Same bits as the
-sequential step; the arena and its plan are unchanged (what a sequential device needs).
+Batch split (host only, "blas" backend, int8 mode; microtrain/batch_split.py): the forward pass of an int8 step
+is per-image work (integer convs, per-row dequantization and fp32 head), so a step with `split` groups hands each
+group of images to its own thread, which runs the whole forward on them serially in a group step (a TrainStep of
+that group's batch with an arena of its own: host memory, in `host_bytes`; its GEMM scratch is its images' share of
+this step's, its constants this step's). Before, the trainable parameters are copied into each group step (they
+change every step; bytes, not activations); after, every buffer of the forward alive at its end (what the loss,
+the backward and features() read: saved activations, 1-bit masks, features, logits) is copied from the group
+steps into this step's arena. The loss, backward and updates then run here as before. Same bits as the sequential
+step; the arena and its plan are unchanged (what a sequential device needs). fp32 steps run sequentially (their
+sgemm sums are not promised the same bits on a subset of rows).
 """
 
 import dataclasses
@@ -79,11 +82,11 @@ class TrainStep:
     model: the int8 Model (its classifier is replaced by an fp32 head of n_classes);
     cfg: a SparseConfig for model.graph; opts: TrainOptions;
     head: optional (W (K, C) float32, b (K,) float32) initial head (default zeros).
-    split: groups of images that run the frozen prefix concurrently (module docstring, "Batch split"); None:
-    batch_split.auto_groups where the step can split (int8 mode, "blas" backend, a frozen prefix), else 1.
+    split: groups of images that run the forward pass concurrently (module docstring, "Batch split"); None:
+    batch_split.auto_groups where the step can split (int8 mode, "blas" backend), else 1.
     """
 
-    def __init__(self, model, cfg, n_classes, opts, head=None, arena_buffer=None, split=None):
+    def __init__(self, model, cfg, n_classes, opts, head=None, arena_buffer=None, split=None, _host=None):
         from microtrain.graph import with_classes
 
         opts.validate()
@@ -98,9 +101,10 @@ class TrainStep:
         self._init_tail(head)
         self._forward, self._backward, self._updates = [], [], []
         # the "blas" backend's host buffers (microtrain.train_gemm); None: every op runs its loop kernel
-        self._gemm = HostGemm(graph, opts.batch) if opts.backend == "blas" else None
+        # (a group step of a batch split shares its parent's buffers and constants: _host, HostGemm's share)
+        self._gemm = HostGemm(graph, opts.batch, share=_host) if opts.backend == "blas" else None
         self._bind()
-        self._groups, self._crossing, self._prefix_consts = self._prefix_groups(split)
+        self._groups, self._handover = self._group_steps(split)
         self.split = max(1, len(self._groups))
         # fp32 trainable parameters are checked for NaN/inf before every step (int8/int32 ones cannot be)
         self._float_params = [self.v(n) for n in self.specs if n.startswith("train:") and self.specs[n][1] == F32]
@@ -129,49 +133,50 @@ class TrainStep:
     @property
     def host_bytes(self):
         """Host memory outside the arena and flash that the "blas" backend uses (0 for "reference"): the GEMMs'
-        buffers and constants, and with a batch split the group engines' arenas and their constants."""
+        buffers and constants, and with a batch split the group steps' arenas and weight buffers."""
         if self._gemm is None:
             return 0
-        wt, tables = self._prefix_consts
-        return (self._gemm.host_bytes + sum(part.arena.buffer.nbytes for _, part in self._groups)
-                + sum(v.nbytes for v in wt.values()) + sum(v.nbytes for v in tables.values()))
+        return self._gemm.host_bytes + sum(part.arena.buffer.nbytes + part.host_bytes for _, part in self._groups)
 
-    def _prefix_groups(self, split):
-        """The batch split of the frozen prefix (module docstring): ([((n0, n1), group engine)], the tensors
-        handed over, the group engines' shared constants); no groups where the step runs sequentially."""
-        from microtrain.inference import Inference
-
-        a, opts, ops = self.analysis, self.opts, self.graph.ops
+    def _group_steps(self, split):
+        """The batch split (module docstring): ([((n0, n1), group TrainStep)], the buffers handed over after the
+        forward); no groups where the step runs sequentially."""
+        opts = self.opts
         groups = batch_split.auto_groups(opts.batch) if split is None else int(split)
         if groups < 1 or groups > opts.batch:
             raise InputError(f"split must be between 1 and the batch ({opts.batch}), got {split}")
-        k = 0  # ops [0, k) are the frozen prefix
-        while k < len(ops) and ops[k] is not a.head and not a.requires_grad[ops[k].output]:
-            k += 1
-        consts = ({}, {})
-        if groups == 1 or k == 0 or opts.mode != "int8" or self._gemm is None:
-            return [], (), consts
+        if groups == 1 or opts.mode != "int8" or self._gemm is None:
+            return [], ()
         why = batch_split.unsafe()
         if why:
             raise InputError(f"cannot split the batch here: {why}; use split=1")
-        made = {op.output for op in ops[:k]}
-        crossing = tuple(dict.fromkeys(t for op in ops[k:] for t in op.inputs if t in made))
-        self._forward_rest = self._forward[self._fwd_marks[k - 1]:]
-        return [((n0, n1), Inference(self.model, n1 - n0, backend="blas", split=1, stop=k, outputs=crossing,
-                                     _constants=consts, _scratch=self._gemm.image_share(n0, n1, opts.batch)))
-                for n0, n1 in batch_split.group_bounds(opts.batch, groups)], crossing, consts
+        # every buffer the forward writes that is alive at its last op (the head): what the loss, the backward and
+        # features() read. They are alive together, so disjoint in the plan; the input is written here directly
+        fwd_end = self.analysis.fwd_scope(self.analysis.head)
+        handover = tuple(b.name for b in self.plan.buffers
+                         if b.region == "head" and 1 <= b.first <= fwd_end <= b.last)
+        self._train_names = tuple(n for n in self.specs if n.startswith("train:"))  # copied into the groups
+        parts = []
+        for n0, n1 in batch_split.group_bounds(opts.batch, groups):
+            part = TrainStep(self.model, self.cfg, self.n_classes, dataclasses.replace(opts, batch=n1 - n0),
+                             split=1, _host=self._gemm.share(n0, n1, opts.batch))
+            parts.append(((n0, n1), part))
+        return parts, handover
+
+    def _rows(self, name, n0, n1):
+        """Images [n0, n1) of a per-image buffer: its leading axis holds batch * (rows per image)."""
+        v = self.v(name)
+        per = v.shape[0] // self.opts.batch
+        return v[n0 * per:n1 * per]
 
     def _run_forward(self, x):
-        """The forward pass on x (checked): the frozen prefix in groups where the batch is split, then the rest."""
+        """The forward pass on x (checked): in group steps where the batch is split (module docstring)."""
         self.v(f"act:{self.graph.input_name}")[...] = x
-        forward = self._forward
         if self._groups and numba.get_num_threads() > 1:
-            from microtrain.inference import run_group
-
-            batch_split.run_groups([partial(run_group, part, x[n0:n1], [self._act(t)[n0:n1] for t in self._crossing])
+            batch_split.run_groups([partial(_group_forward, self, part, n0, n1, x[n0:n1])
                                     for (n0, n1), part in self._groups])
-            forward = self._forward_rest
-        for fn, args in forward:
+            return
+        for fn, args in self._forward:
             fn(*args)
 
     def _init_tail(self, head):
@@ -223,10 +228,8 @@ class TrainStep:
 
     # ---- binding --------------------------------------------------------------------------------
     def _bind(self):
-        self._fwd_marks = []  # len(self._forward) after each op's entries: where the rest follows a prefix
         for op in self.graph.ops:
             self._bind_forward(op)
-            self._fwd_marks.append(len(self._forward))
         self._bind_loss()
         for op in self.analysis.backward_ops:
             self._bind_backward(op)
@@ -576,6 +579,18 @@ class TrainStep:
         params.pop(self.graph.classifier.name, None)
         head = (self.v("train:w:head").copy(), self.v("train:b:head").copy())
         return Model(self.model.graph, params, dict(self.model.quant), dict(self.model.meta)), head
+
+
+def _group_forward(step, part, n0, n1, x):
+    """One group of a split forward (on its own thread): the step's trainable parameters into the group step, its
+    forward on images [n0, n1), then the buffers read after the forward into the step's arena."""
+    for name in step._train_names:
+        part.v(name)[...] = step.v(name)
+    part.v(f"act:{part.graph.input_name}")[...] = x
+    for fn, args in part._forward:
+        fn(*args)
+    for name in step._handover:
+        step._rows(name, n0, n1)[...] = part.v(name)
 
 
 def _pname(tag, name):

@@ -62,7 +62,7 @@ class HostGemm:
     where the loop kernel stays (a reference-only case).
     """
 
-    def __init__(self, graph, batch):
+    def __init__(self, graph, batch, share=None):
         a = b = w = 0
         for op in graph.convs:
             if op.kind not in GEMM_KINDS:
@@ -70,22 +70,30 @@ class HostGemm:
             p = batch * _pixels(graph.shapes[op.output])
             k = int(np.prod(op.weight_shape()[1:]))  # KH * KW * Ci
             a, b, w = max(a, p * k), max(b, p * op.cout), max(w, op.cout * k)
+        self._w = np.empty(w, F32)  # a trainable int8 weight widened for this step
+        if share is not None:  # a batch-split group's (see share): only _w is its own
+            self._a, self._b, self._frozen, self._rq, self._add_tables = share
+            self._shared = True
+            return
+        self._shared = False
         self._a = np.empty(a, F32)  # left operand: widened / im2col input, or a widened saved input
         self._b = np.empty(b, F32)  # int8 forward's exact sums, or dy's kept output channels
-        self._w = np.empty(w, F32)  # a trainable int8 weight widened for this step
         self._frozen = {}  # op name -> read-only float32 copy of a frozen int8 weight (Co, K)
         self._rq = {}  # op name -> requantization constants of the float64 fast path (gemm_io.requant_f64_params)
         self._add_tables = {}  # int8 ADD parameters -> (65536,) int16 lookup table (add_host.bind_add_s8)
 
-    def image_share(self, n0, n1, batch):
-        """(left operand, result) float32 views of images [n0, n1) of `batch`: a batch-split group's GEMM scratch
-        (microtrain.train, "Batch split"). Each buffer is batch times its largest per-image need, so the groups'
-        shares are disjoint whatever layer each group is at."""
+    def share(self, n0, n1, batch):
+        """What a batch-split group step of images [n0, n1) of `batch` takes from this one (microtrain.train, "Batch
+        split"): its images' share of the two float32 operand buffers (each is batch times its largest per-image
+        need, so the groups' shares are disjoint whatever layer each group is at) and the constants (read-only)."""
         a, b = self._a.size // batch, self._b.size // batch
-        return self._a[n0 * a:n1 * a], self._b[n0 * b:n1 * b]
+        return self._a[n0 * a:n1 * a], self._b[n0 * b:n1 * b], self._frozen, self._rq, self._add_tables
 
     @property
     def host_bytes(self):
+        """This step's host bytes; a group step counts only its own weight buffer (its parent counts the rest)."""
+        if self._shared:
+            return self._w.nbytes
         return (self._a.nbytes + self._b.nbytes + self._w.nbytes + sum(v.nbytes for v in self._frozen.values())
                 + sum(v.nbytes for v in self._rq.values()) + sum(v.nbytes for v in self._add_tables.values()))
 

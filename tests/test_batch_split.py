@@ -188,7 +188,7 @@ def test_split_run_allocates_no_numpy_memory():
     assert sum(s.size for s in numpy_snap.statistics("filename")) == 0
 
 
-# ---- TrainStep: the frozen prefix split (microtrain/train.py, "Batch split") -------------------------------------
+# ---- TrainStep: the forward split (microtrain/train.py, "Batch split") -------------------------------------------
 
 def _step(name, config, batch, split, mode="int8", **kw):
     from microtrain.sparse import load_config
@@ -197,24 +197,32 @@ def _step(name, config, batch, split, mode="int8", **kw):
     m = _model(name)
     rng = np.random.default_rng(1)
     head = (rng.normal(0, 0.05, (5, m.graph.classifier.cin)).astype(np.float32), np.zeros(5, np.float32))
-    opts = TrainOptions(mode=mode, lr=0.01, batch=batch, optimizer="sgd", **kw)
+    opts = TrainOptions(mode=mode, lr=0.01, batch=batch, **{"optimizer": "sgd", **kw})
     return TrainStep(m, load_config(config, m), 5, opts, head=head, split=split)
 
 
 def _trained(step):
-    return {n: step.v(n).copy() for n in step.specs if n.startswith("train:")}
+    return {n: step.v(n).copy() for n in step.specs if n.startswith(("train:", "adam:"))}
 
 
 @pytest.mark.skipif(JIT_DISABLED, reason="whole models in pure Python take minutes")
-@pytest.mark.parametrize("name,config,batch,split", [("mcunet-5fps", "49kb", 3, 2), ("proxyless-w0.3", "49kb", 2, 2),
-                                                     ("mbv2-w0.35", "49kb", 3, 3), ("mcunet-5fps", "last", 4, 2)])
-def test_train_step_split_equals_the_sequential_step(name, config, batch, split):
-    """Three steps of the split step give the sequential step's losses, trained parameters and logits bit for
-    bit (the prefix is integer arithmetic per image; everything after it is the same code on the same bytes)."""
-    seq = _step(name, config, batch, 1)
-    par = _step(name, config, batch, split)
+@pytest.mark.parametrize("name,config,batch,split,kw", [
+    ("mcunet-5fps", "49kb", 3, 2, {}),
+    ("proxyless-w0.3", "49kb", 2, 2, {}),
+    ("mbv2-w0.35", "49kb", 3, 3, {}),
+    ("mcunet-5fps", "last", 4, 2, {}),
+    ("mbv2-w0.35", "full", 2, 2, {"optimizer": "adam", "head": "cosine"}),
+    ("proxyless-w0.3", "bias", 3, 2, {"save_kept_channels": False}),
+])
+def test_train_step_split_equals_the_sequential_step(name, config, batch, split, kw):
+    """Three steps of the split step give the sequential step's losses, trained parameters (and Adam state) and
+    logits bit for bit: the forward is integer arithmetic and per-row float work per image, and everything after it
+    is the same code on the same bytes."""
+    seq = _step(name, config, batch, 1, **kw)
+    par = _step(name, config, batch, split, **kw)
     assert (seq.split, par.split) == (1, split)
-    assert par._crossing and all(t in par.graph.shapes for t in par._crossing)
+    assert par._handover and all(n in par.specs for n in par._handover)
+    assert "head:logits" in par._handover
     x = _images(batch, seed=4)
     labels = np.arange(batch) % 5
     for _ in range(3):
@@ -227,22 +235,50 @@ def test_train_step_split_equals_the_sequential_step(name, config, batch, split)
     np.testing.assert_array_equal(par.features(x), seq.features(x))
 
 
-def test_train_step_splits_only_an_int8_blas_prefix():
+@pytest.mark.skipif(JIT_DISABLED, reason="whole models in pure Python take minutes")
+def test_train_step_handover_is_every_buffer_the_backward_reads():
+    """After a split forward, every buffer the loss and the backward read holds the sequential forward's bytes."""
+    seq = _step("mcunet-5fps", "49kb", 3, 1)
+    par = _step("mcunet-5fps", "49kb", 3, 2)
+    x = _images(3, seed=6)
+    seq.forward_logits(x)
+    par.forward_logits(x)
+    names = [n for n in par._handover]
+    assert any(n.startswith("mask:") for n in names) and any(n.startswith("act:") for n in names)
+    for n in names:
+        assert par.v(n).tobytes() == seq.v(n).tobytes(), n
+
+
+def test_train_step_splits_only_int8_blas_steps():
     assert _step("mcunet-5fps", "49kb", 2, 2, mode="fp32").split == 1  # fp32 sums: no bit-exact split promised
     assert _step("mcunet-5fps", "49kb", 2, 2, backend="reference").split == 1
-    assert _step("mcunet-5fps", "full", 2, 2).split == 1  # every op trains: no frozen prefix
     assert _step("mcunet-5fps", "49kb", 1, None).split == 1
     with pytest.raises(errors.InputError, match="split"):
         _step("mcunet-5fps", "49kb", 2, 3)
 
 
-def test_train_step_host_memory_counts_the_group_arenas():
+def test_train_step_host_memory_counts_the_group_steps():
+    """Split: each group step's arena (exactly its batch's training plan) and its own trainable-weight buffer are
+    host memory on top of the sequential step's; the GEMM operand buffers and constants are shared."""
+    from microtrain.graph import with_classes
+    from microtrain.sparse import load_config
+    from microtrain.train_plan import TrainOptions, plan_training_step
     seq = _step("mcunet-5fps", "49kb", 3, 1)
     par = _step("mcunet-5fps", "49kb", 3, 2)
-    wt, tables = par._prefix_consts
-    consts = sum(v.nbytes for v in wt.values()) + sum(v.nbytes for v in tables.values())
-    arenas = sum(plan_inference(_model("mcunet-5fps").graph, n, stop=len(part.ops), outputs=par._crossing).peak
-                 for n, (_, part) in zip((1, 2), par._groups))
-    assert consts > 0
-    assert par.host_bytes == seq.host_bytes + arenas + consts
+    m = _model("mcunet-5fps")
+    g = with_classes(m.graph, 5)
+    peaks = sum(plan_training_step(g, load_config("49kb", m), TrainOptions(mode="int8", lr=0.01, batch=n,
+                                                                             optimizer="sgd"))[0].peak
+                for n in (1, 2))
+    assert par.host_bytes == seq.host_bytes + peaks + 2 * seq._gemm._w.nbytes
     assert par.plan.peak == seq.plan.peak
+
+
+def test_a_forked_child_starts_its_own_workers(monkeypatch):
+    """A child created by fork has the parent's worker list but none of its threads: it must not hand a job to them."""
+    batch_split.run_groups([lambda: None, lambda: None])  # the parent has a worker now
+    monkeypatch.setattr(batch_split, "_WORKERS_PID", [-1])  # as seen from a forked child
+    stale = list(batch_split._WORKERS)
+    out = []
+    batch_split.run_groups([lambda: out.append(0), lambda: out.append(1)])
+    assert sorted(out) == [0, 1] and batch_split._WORKERS and batch_split._WORKERS[0] not in stale

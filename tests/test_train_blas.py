@@ -231,8 +231,8 @@ def _partial_config(g):
 def _steps(mode, cfg_fn, **kw):
     m = tiny_model(seed=21)
     cfg = cfg_fn(m)
-    # split=1: sequential, as the reference runs; the comparisons read every activation of the arena, which a
-    # batch-split step leaves to its group engines for the frozen prefix (tests/test_batch_split.py covers the split)
+    # split=1: sequential, as the reference runs; the comparisons read every activation of the arena, and a batch-split
+    # step writes only those alive after the forward (tests/test_batch_split.py covers the split)
     return [TrainStep(m, cfg, K, TrainOptions(mode=mode, lr=0.05, batch=3, backend=b, **kw), head=head_init(m),
                       split=1)
             for b in ("reference", "blas")]
