@@ -32,6 +32,7 @@ import threading
 import numba
 
 from microtrain import blas_env
+from microtrain.errors import InputError
 from microtrain.config import THREADING  # noqa: F401  (chooses Numba's threading layer before it is read here)
 
 SPLIT_LAYERS = ("omp", "tbb", "threadsafe")  # numba.config.THREADING_LAYER values that allow concurrent launches
@@ -76,6 +77,25 @@ def auto_groups(batch):
     if batch < 2 or available():
         return 1
     return max(1, min(int(numba.get_num_threads()), int(batch)))
+
+
+def resolve_groups(batch, split, default=True):
+    """The group count of an engine of `batch` images asked for `split` (None: auto_groups if `default`, else 1).
+    Raises InputError for a count outside [1, batch], or for a split where concurrent runs are unsafe."""
+    if split is None:
+        return auto_groups(batch) if default else 1
+    groups = int(split)
+    if groups < 1 or groups > batch:
+        raise InputError(f"split must be between 1 and the batch ({batch}), got {split}")
+    if groups > 1 and unsafe():
+        raise InputError(f"cannot split the batch here: {unsafe()}; use split=1")
+    return groups
+
+
+def runs_split(groups):
+    """True if a run with these group engines goes split now: there are groups and the calling thread's Numba width
+    is above 1 (after numba.set_num_threads(1) a run stays on one core, as asked)."""
+    return bool(groups) and numba.get_num_threads() > 1
 
 
 def group_bounds(batch, groups):

@@ -27,7 +27,6 @@ tensors of this arena (`view`) are then not written, so preserve_all=True runs s
 
 from functools import partial
 
-import numba
 import numpy as np
 
 from microtrain import batch_split
@@ -134,17 +133,10 @@ class Inference:
 
     def _group_engines(self, split, preserve_all):
         """[((n0, n1), Inference of batch n1 - n0)] of a split run, or [] (sequential)."""
-        if split is None:  # the host speed-up is the "blas" backend's; "reference" runs as firmware does unless asked
-            groups = batch_split.auto_groups(self.batch) if self.backend == "blas" else 1
-        else:
-            groups = int(split)
-        if groups < 1 or groups > self.batch:
-            raise InputError(f"split must be between 1 and the batch ({self.batch}), got {split}")
+        # the host speed-up is the "blas" backend's; "reference" runs as firmware does unless asked
+        groups = batch_split.resolve_groups(self.batch, split, default=self.backend == "blas")
         if groups == 1 or preserve_all:
             return []
-        why = batch_split.unsafe()
-        if why:
-            raise InputError(f"cannot split the batch here: {why}; use split=1")
         xi, ai = self._xf.size // self.batch, self._acc.size // self.batch  # float32 elements per image
         # each group's GEMM scratch is its images' share of this engine's: disjoint, whatever layer each is at
         return [((n0, n1), Inference(self.model, n1 - n0, backend=self.backend, split=1,
@@ -238,7 +230,7 @@ class Inference:
         it is overwritten by the next run, copy it to keep it."""
         self.check_input(x)
         out = self.view(self.graph.output)
-        if self._groups and numba.get_num_threads() > 1:
+        if batch_split.runs_split(self._groups):
             batch_split.run_groups([partial(_run_group, part, x[n0:n1], out[n0:n1]) for (n0, n1), part in self._groups])
             return out
         self.view(self.graph.input_name)[...] = x

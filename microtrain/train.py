@@ -24,7 +24,6 @@ sgemm sums are not promised the same bits on a subset of rows).
 import dataclasses
 from functools import partial
 
-import numba
 import numpy as np
 
 from microtrain import batch_split
@@ -136,45 +135,38 @@ class TrainStep:
         buffers and constants, and with a batch split the group steps' arenas and weight buffers."""
         if self._gemm is None:
             return 0
-        return self._gemm.host_bytes + sum(part.arena.buffer.nbytes + part.host_bytes for _, part in self._groups)
+        return self._gemm.host_bytes + sum(part.arena.buffer.nbytes + part.host_bytes
+                                           for _, part, _, _ in self._groups)
 
     def _group_steps(self, split):
         """The batch split (module docstring): ([((n0, n1), group TrainStep)], the buffers handed over after the
         forward); no groups where the step runs sequentially."""
         opts = self.opts
-        groups = batch_split.auto_groups(opts.batch) if split is None else int(split)
-        if groups < 1 or groups > opts.batch:
-            raise InputError(f"split must be between 1 and the batch ({opts.batch}), got {split}")
+        groups = batch_split.resolve_groups(opts.batch, split)
         if groups == 1 or opts.mode != "int8" or self._gemm is None:
             return [], ()
-        why = batch_split.unsafe()
-        if why:
-            raise InputError(f"cannot split the batch here: {why}; use split=1")
         # every buffer the forward writes that is alive at its last op (the head): what the loss, the backward and
         # features() read. They are alive together, so disjoint in the plan; the input is written here directly
         fwd_end = self.analysis.fwd_scope(self.analysis.head)
         handover = tuple(b.name for b in self.plan.buffers
                          if b.region == "head" and 1 <= b.first <= fwd_end <= b.last)
-        self._train_names = tuple(n for n in self.specs if n.startswith("train:"))  # copied into the groups
+        train = [n for n in self.specs if n.startswith("train:")]  # copied into the groups before each forward
         parts = []
         for n0, n1 in batch_split.group_bounds(opts.batch, groups):
             part = TrainStep(self.model, self.cfg, self.n_classes, dataclasses.replace(opts, batch=n1 - n0),
                              split=1, _host=self._gemm.share(n0, n1, opts.batch))
-            parts.append(((n0, n1), part))
+            # (destination, source) views bound once: in before the forward, out after it
+            copy_in = [(part.v(n), self.v(n)) for n in train]
+            copy_out = [(_image_rows(self.v(n), n0, n1, opts.batch), part.v(n)) for n in handover]
+            parts.append(((n0, n1), part, copy_in, copy_out))
         return parts, handover
-
-    def _rows(self, name, n0, n1):
-        """Images [n0, n1) of a per-image buffer: its leading axis holds batch * (rows per image)."""
-        v = self.v(name)
-        per = v.shape[0] // self.opts.batch
-        return v[n0 * per:n1 * per]
 
     def _run_forward(self, x):
         """The forward pass on x (checked): in group steps where the batch is split (module docstring)."""
         self.v(f"act:{self.graph.input_name}")[...] = x
-        if self._groups and numba.get_num_threads() > 1:
-            batch_split.run_groups([partial(_group_forward, self, part, n0, n1, x[n0:n1])
-                                    for (n0, n1), part in self._groups])
+        if batch_split.runs_split(self._groups):
+            batch_split.run_groups([partial(_group_forward, part, copy_in, copy_out, x[n0:n1])
+                                    for (n0, n1), part, copy_in, copy_out in self._groups])
             return
         for fn, args in self._forward:
             fn(*args)
@@ -581,16 +573,23 @@ class TrainStep:
         return Model(self.model.graph, params, dict(self.model.quant), dict(self.model.meta)), head
 
 
-def _group_forward(step, part, n0, n1, x):
-    """One group of a split forward (on its own thread): the step's trainable parameters into the group step, its
-    forward on images [n0, n1), then the buffers read after the forward into the step's arena."""
-    for name in step._train_names:
-        part.v(name)[...] = step.v(name)
+def _image_rows(v, n0, n1, batch):
+    """Images [n0, n1) of a per-image buffer v, whose leading axis holds batch * (rows per image)."""
+    per = v.shape[0] // batch
+    return v[n0 * per:n1 * per]
+
+
+def _group_forward(part, copy_in, copy_out, x):
+    """One group of a split forward (on its own thread): the step's trainable parameters into the group step
+    (copy_in), its forward on this group's images x, then the buffers read after the forward into the step's rows
+    of them (copy_out): (destination, source) view pairs bound in TrainStep._group_steps."""
+    for dst, src in copy_in:
+        np.copyto(dst, src)
     part.v(f"act:{part.graph.input_name}")[...] = x
     for fn, args in part._forward:
         fn(*args)
-    for name in step._handover:
-        step._rows(name, n0, n1)[...] = part.v(name)
+    for dst, src in copy_out:
+        np.copyto(dst, src)
 
 
 def _pname(tag, name):
