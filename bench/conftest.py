@@ -12,6 +12,8 @@ from microtrain import config as mt_config  # noqa: E402
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    """The two thread pools' settings go into every benchmark JSON (bench/report.py prints them)."""
+    """The two thread pools' settings and the vector width go into every benchmark JSON (bench/report.py prints
+    them)."""
     machine_info["microtrain_threading"] = mt_config.THREADING
+    machine_info["microtrain_vector_width"] = mt_config.VECTOR_WIDTH
     machine_info["microtrain_blas_wait"] = blas_env.BLAS_WAIT

@@ -44,6 +44,8 @@ def render(data):
            f"run {data.get('datetime', '?')}"]
     if "microtrain_threading" in m:
         out.append(f"Threads: Numba {m['microtrain_threading']}; OpenBLAS {m.get('microtrain_blas_wait', '?')}")
+    if "microtrain_vector_width" in m:
+        out.append(f"Vector width: {m['microtrain_vector_width']}")
     out.append("")
     for group, rows in tables(data).items():
         peers = sorted({p for _, t, _ in rows for p in t} - {"microtrain"})

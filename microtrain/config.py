@@ -1,5 +1,5 @@
-"""Numba options, the threading layer, and numeric tolerances, in one place (house style: never sprinkled per
-function).
+"""Numba options, the threading layer, the vector width, and numeric tolerances, in one place (house style: never
+sprinkled per function).
 
 Kernels import NJIT / NJIT_PARALLEL from here. `cache=True` keeps compiled code on disk so a second
 process starts warm; no `fastmath` anywhere, so fp32 kernels keep C's (non -ffast-math) operation order.
@@ -78,6 +78,43 @@ def _choose_threading_layer():
 
 
 THREADING = _choose_threading_layer()
+
+
+# ---- vector width -------------------------------------------------------------------------------------------------
+# LLVM tunes Intel's AVX-512 server cores (skylake-avx512 through emeraldrapids) with "prefer-256-bit": its loop
+# vectoriser then emits 256-bit (ymm) code although 512-bit (zmm) instructions are there, a choice made for the
+# clock drop of early AVX-512 parts. The int8 loops here are bound by instruction count, not by the clock: each
+# sign extension of int8 to int32 (vpmovsxbd) is one port-5 uop on Intel (uops.info), for 8 lanes in ymm or 16 in
+# zmm. Measured on a 2-vCPU Intel Xeon (emeraldrapids, Numba 0.68.1, 2 threads; bench/README.md, fifth session):
+# the int8 depthwise MAC loop hot in L1, 5-9 -> 9-11 GMAC/s; batch 25, medians, three alternated process pairs,
+# 256 -> 512 bits: int8 inference MCUNet 35.7-39.6 -> 29.4-34.8 ms, Proxyless 39.6-41.9 -> 27.6-33.2 ms; MCUNet's
+# int8 49kb step 48.4-52.0 -> 40.3-44.3 ms; MbV2's full fp32 step 110.4-113.1 -> 88.9-110.8 ms. LLVM tunes AMD's
+# znver4 without the preference (its code uses zmm already), so there the change is a no-op.
+# Results are bit-identical either way: no kernel uses fastmath, so LLVM vectorises elementwise work only and
+# never reorders a float reduction; integer sums are exact in any order.
+# The setting is process-wide (numba.config.CPU_FEATURES, like the threading layer above): every Numba function
+# compiled in this process afterwards gets the same features, and Numba's on-disk cache keys its entries on them.
+_PREFER_256 = "prefer-256-bit"
+
+
+def _choose_vector_width():
+    """Lift LLVM's 256-bit preference on AVX-512 hosts (comment above); returns a one-line account of the choice."""
+    if os.environ.get("MICROTRAIN_PREFER_256", "") not in ("", "0"):
+        return "LLVM's default (MICROTRAIN_PREFER_256)"
+    if numba.config.CPU_NAME is not None or numba.config.CPU_FEATURES is not None:
+        return "the user's (NUMBA_CPU_NAME / NUMBA_CPU_FEATURES)"
+    from numba.core import codegen, registry
+
+    if "_toplevel_target_context" in vars(registry.cpu_target):  # Numba compiled before microtrain was imported
+        return "LLVM's default (Numba had compiled before microtrain was imported)"
+    features = codegen.get_host_cpu_features()  # "+avx,+avx2,-amx-bf16,...", after NUMBA_ENABLE_AVX
+    if "+avx512f" not in features.split(","):
+        return "LLVM's default (no AVX-512)"
+    numba.config.CPU_FEATURES = f"{features},-{_PREFER_256}"
+    return f"512-bit (-{_PREFER_256})"
+
+
+VECTOR_WIDTH = _choose_vector_width()
 
 NJIT = dict(cache=True, nogil=True)
 NJIT_PARALLEL = dict(cache=True, nogil=True, parallel=True)
