@@ -86,7 +86,7 @@ THREADING = _choose_threading_layer()
 # clock drop of early AVX-512 parts. The int8 loops here are bound by instruction count, not by the clock: each
 # sign extension of int8 to int32 (vpmovsxbd) is one port-5 uop on Intel (uops.info), for 8 lanes in ymm or 16 in
 # zmm. Measured on a 2-vCPU Intel Xeon (emeraldrapids, Numba 0.68.1, 2 threads; bench/README.md, fifth session):
-# the int8 depthwise MAC loop hot in L1, 5-9 -> 9-11 GMAC/s; batch 25, medians, three alternated process pairs,
+# the int8 depthwise MAC loop hot in L1, 5-9 -> 8-11 GMAC/s; batch 25, medians, three alternated process pairs,
 # 256 -> 512 bits: int8 inference MCUNet 35.7-39.6 -> 29.4-34.8 ms, Proxyless 39.6-41.9 -> 27.6-33.2 ms; MCUNet's
 # int8 49kb step 48.4-52.0 -> 40.3-44.3 ms; MbV2's full fp32 step 110.4-113.1 -> 88.9-110.8 ms. LLVM tunes AMD's
 # znver4 without the preference (its code uses zmm already), so there the change is a no-op.

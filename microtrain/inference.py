@@ -240,12 +240,9 @@ class Inference:
 
 
 def _run_group(part, x, out):
-    """One group of a split run (on its own thread): the group engine on its images (checked by the caller),
+    """One group of a split run (on its own thread): the group engine's own (sequential, split=1) run on its images,
     its logits into out (this group's rows of the parent's output)."""
-    part.view(part.graph.input_name)[...] = x
-    for fn, args in part._steps:
-        fn(*args)
-    out[...] = part.view(part.graph.output)
+    out[...] = part.run(x)
 
 
 def _gemm_s8(y, x, xf, wt, acc, bias, rq, mult, shift, x_zp, y_zp, lo, hi):
