@@ -24,8 +24,8 @@ What makes it faster than the reference (numbers in bench/README.md):
   row-wise weights and rows do not fit the stack row (SCRATCH_W8).
 - Inner loops index slices from 0. Numba gives an index that might be negative a wraparound branch, which stops
   LLVM from vectorising the loop (acc[c - c0] in the reference); a range index from 0 has none.
-- Requantization in float64 (exact: kernels/gemm_io.py's docstring), with the integer primitives for any element
-  whose |acc + bias| is beyond the fast path's limit.
+- Requantization in float64 (exact: kernels/gemm_io.py's docstring; one rounding instead of two in the ReLU layers
+  without a mask), with the integer primitives for any element whose |acc + bias| is beyond the fast path's limit.
 Every sum is the same exact int32 sum as the reference's (integers, |sum| < 2^21 for 7x7: depthwise.py's Overflow
 note), whatever the order, so y and the mask are the reference's.
 """
@@ -38,7 +38,7 @@ from microtrain.config import NJIT, NJIT_PARALLEL
 
 from .depthwise import depthwise_conv_s8, depthwise_s8_shapes_ok
 from .gemm_io import (INT8_WEIGHT_MAX, RQ_ROWS, requant_checked_channels, requant_f64_params, requant_offsets,
-                      requant_row_f64, weight_reach, widest_input)
+                      requant_one_rounding, requant_row_f64, weight_reach, widest_input)
 from .mask import mask_check, mask_pack_row
 from .scratch import (SCRATCH_ACC, SCRATCH_W8, SCRATCH_WF, chunk_bounds, scratch_acc_i32, scratch_acc_like,
                       scratch_w_f32, scratch_w_i8)
@@ -187,6 +187,7 @@ def _dw_s8_chunk(y, mask, x, xf, w, bias, rq, mult, shift, xz, y_zp, act_min, ac
     flag = wt[f0:f0 + L]
     off = scratch_acc_like(rq)  # the requantization's per-channel offsets, formed once per chunk
     bias_far = requant_offsets(off, bias, rq)
+    one = requant_one_rounding(rq, off, y_zp, act_min, write_mask)
     last = -1  # the last input row (n * H + iy) split into the ring; the KH rows up to it are there
     r0, r1 = chunk_bounds(N * OH, chunks, t)
     for r in range(r0, r1):
@@ -247,7 +248,7 @@ def _dw_s8_chunk(y, mask, x, xf, w, bias, rq, mult, shift, xz, y_zp, act_min, ac
                         for c in range(C):  # contiguous channels: vectorised
                             a_s[c] += np.int32(w_s[c]) * (np.int32(x_s[c]) - xz)
         requant_row_f64(y[n, oy], flag, acc[:L].reshape(OW, C), bias, rq, off, bias_far, mult, shift, y_zp,
-                        act_min, act_max, write_mask, checked)
+                        act_min, act_max, write_mask, checked, one)
         if write_mask:
             mask_pack_row(mask, r, flag, L)
 

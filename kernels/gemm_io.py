@@ -39,6 +39,20 @@ runs without the test (0.56-0.58 -> 0.47-0.49 ns per element, one core, no mask;
 few (real int8 models saturate the int32 bias of some dead channels), only those channels are scanned after it
 (requant_row_f64).
 Likewise the in-range flags (the 1-bit mask's bits) are only formed when a mask is written.
+
+One rounding where the clamp hides negative results (requant_one_rounding: act_min >= y_zp, the ReLU / ReLU6 layers,
+and right <= 21 in every channel; no mask written). With s = SRDHM = floor(v + 0.5), v = a * mf, RDBPOT of s >= 0 is
+(s + h) >> right with h = 2^(right - 1) (0 if right = 0: RDBPOT by 0 is s), i.e. floor((s + h) / 2^right), and since
+h is an integer, floor((floor(v + 0.5) + h) / 2^right) = floor((v + 0.5 + h) / 2^right): the two roundings are one.
+So q = trunc(acc * mf2 + off2) with mf2 = mf * 2^-right and off2 = (bias * mf + 0.5 + h) * 2^-right (the conversion
+to int32 truncates; truncation is the floor for the nonnegative arguments that s >= 0 gives). When s < 0, TFLM's q
+is <= 0 and so is this one (the argument is then below 1/2), and both clamp to act_min, since q + y_zp <= y_zp <=
+act_min. Exact: in units of 2^(left - 31 - right) every term is an integer (acc * M, bias * M, 2^(30 - left), and
+2^(30 + right) for h), and the sum a * M + 2^(30 - left) + 2^(30 + right) stays below 2^53 for |a| < lim and
+right <= 21 (|a * M| < 2^52, 2^51, 2^30), as do the partial sums (|acc|, |bias| < 2 lim). Per element: a convert,
+a multiply, an add and a truncating convert, against the two-rounding form's floor, multiply, sign select and add on
+top (AVX2, one core, 64-pixel rows: 0.64 -> 0.32 ns per element). The in-range flags need TFLM's q for s < 0 too,
+so a call that writes a mask keeps the two-rounding form.
 Host only: firmware runs the loop kernels (their C twins); the GEMM's float32 buffers are host memory outside
 the planned arena (Inference.host_bytes).
 """
@@ -258,7 +272,7 @@ def _requant_int(acc, bias, mult, shift, yz):
 
 
 @njit(**NJIT)
-def _row_f64(y2, flag, acc2, bias, rq, off, yz, lo, hi, flags, check):
+def _row_f64(y2, flag, acc2, bias, rq, off, yz, lo, hi, flags, check, one):
     """requant_row_f64's float64 pass; returns whether any |acc + bias| reached its limit (only if check).
 
     Per element (module docstring, "Requantization in float64"): s = floor(acc * mf + off) with off = bias * mf +
@@ -267,11 +281,15 @@ def _row_f64(y2, flag, acc2, bias, rq, off, yz, lo, hi, flags, check):
     and |bias| < lim (then bias * mf + 0.5 and acc * mf are exact and their sum is (acc + bias) * mf + 0.5 exactly:
     a multiple of 2^(left - 31) below 2^21 + 1). (One core, no mask: 0.485 ns per element with the bias added
     per element, a float64 trunc and a float64 clamp; 0.39 with the int32 tail; 0.32 with the bias folded.)
+    If one (requant_one_rounding said so, never with flags): q = int32(acc * mf2 + off2), the one-rounding form
+    (module docstring, "One rounding"), with mf2 and off2 from off[Co:3 * Co] (requant_offsets).
 
-    flags and check are loop-invariant: requant_row_f64 calls this with literal values, so after inlining LLVM
-    compiles four loops, each without the work it does not need (a runtime test inside one loop measured 0.67
-    against 0.59 ns per element with the mask and no check)."""
+    flags, check and one are loop-invariant: requant_row_f64 calls this with literal values, so after inlining LLVM
+    compiles one loop per combination, each without the work it does not need (a runtime test inside one loop
+    measured 0.67 against 0.59 ns per element with the mask and no check)."""
     W, CO = y2.shape
+    mf2 = off[CO:2 * CO]
+    off2 = off[2 * CO:3 * CO]
     far = False
     for ox in range(W):
         a_s = acc2[ox]
@@ -279,8 +297,11 @@ def _row_f64(y2, flag, acc2, bias, rq, off, yz, lo, hi, flags, check):
         y_s = y2[ox]
         for co in range(CO):  # float64 lanes, no branch
             a = np.float64(a_s[co])
-            t = np.floor(a * rq[0, co] + off[co]) * rq[1, co]
-            v = np.int32(np.int32(t + np.copysign(0.5, t)) + yz)
+            if one:
+                v = np.int32(np.int32(a * mf2[co] + off2[co]) + yz)
+            else:
+                t = np.floor(a * rq[0, co] + off[co]) * rq[1, co]
+                v = np.int32(np.int32(t + np.copysign(0.5, t)) + yz)
             if flags:
                 f_s[co] = np.int8(v >= lo) & np.int8(v <= hi)
             y_s[co] = np.int8(min(max(v, lo), hi))
@@ -305,22 +326,50 @@ def _redo_channel(y2, flag, acc2, bias, mult, shift, y_zp, act_min, act_max, fla
 @njit(**NJIT)
 def requant_offsets(off, bias, rq):
     """off[co] = bias[co] * mf[co] + 0.5, the float64 pass's per-channel offsets (_row_f64), formed once per call
-    or thread chunk with the bias as it is now (it may train). off: a float64 stack row (scratch_acc_like(rq)).
-    Returns bias_far: True if some |bias| >= lim (those channels' offsets may have rounded, so requant_row_f64
-    redoes them whole), or if Co exceeds off (no offsets: requant_row_f64 uses the integer primitives)."""
+    or thread chunk with the bias as it is now (it may train); where 3 * Co fits off, also the one-rounding form's
+    off[Co + co] = mf2 = mf * rs and off[2 * Co + co] = off2 = (bias * mf + 0.5 + h) * rs, h = 2^(right - 1) or 0
+    (module docstring, "One rounding"; rs = 2^-right, so h = 0.5 / rs for right >= 1). off: a float64 stack row
+    (scratch_acc_like(rq)). Returns bias_far: True if some |bias| >= lim (those channels' offsets may have rounded,
+    so requant_row_f64 redoes them whole), or if Co exceeds off (no offsets: requant_row_f64 uses the integer
+    primitives)."""
     CO = bias.shape[0]
     if CO > off.shape[0]:
         return True
+    both = 3 * CO <= off.shape[0]
     bias_far = False
     for co in range(CO):
         b = np.float64(bias[co])
-        off[co] = b * rq[0, co] + 0.5
+        o = b * rq[0, co] + 0.5
+        off[co] = o
         bias_far |= abs(b) >= rq[2, co]
+        if both:
+            rs = rq[1, co]
+            off[CO + co] = rq[0, co] * rs
+            off[2 * CO + co] = (o + (0.5 / rs if rs < 1.0 else 0.0)) * rs
     return bias_far
 
 
+ONE_ROUNDING_MAX_RIGHT = 21  # the one-rounding form is exact for right shifts up to this (module docstring)
+
+
 @njit(**NJIT)
-def requant_row_f64(y2, flag, acc2, bias, rq, off, bias_far, mult, shift, y_zp, act_min, act_max, flags, checked):
+def requant_one_rounding(rq, off, y_zp, act_min, flags):
+    """True if requant_row_f64 may use the one-rounding form (module docstring, "One rounding"): no flags to
+    write, act_min >= y_zp (every negative result clamps to act_min), right <= ONE_ROUNDING_MAX_RIGHT in every
+    channel (rs >= 2^-21), and off holds mf2 and off2 (requant_offsets: 3 * Co fits). O(Co), once per call or
+    thread chunk."""
+    CO = rq.shape[1]
+    if flags or act_min < y_zp or 3 * CO > off.shape[0]:
+        return False
+    for co in range(CO):
+        if rq[1, co] < 2.0 ** -ONE_ROUNDING_MAX_RIGHT:
+            return False
+    return True
+
+
+@njit(**NJIT)
+def requant_row_f64(y2, flag, acc2, bias, rq, off, bias_far, mult, shift, y_zp, act_min, act_max, flags, checked,
+                    one):
     """Rows of int8 outputs (and, if flags, in-range flags) from exact integer sums, as TFLM requantizes them.
 
     Layout:    y2 (W, Co) s8 out (an image row, or a block of pixels); flag (>= W * Co,) int8 out if flags,
@@ -328,9 +377,10 @@ def requant_row_f64(y2, flag, acc2, bias, rq, off, bias_far, mult, shift, y_zp, 
                bit, kernels/mask.py), else 0 (unused if not flags); acc2 (W, Co) int32 or float32 exact integer
                sums (before the bias); bias (Co,) s32; rq (4, Co) = requant_f64_params(mult, shift, reach);
                mult, shift (Co,) s32; checked = requant_checked_channels(rq, bias) and bias_far =
-               requant_offsets(off, bias, rq) (the caller's, once per call or thread chunk: off holds the offsets).
+               requant_offsets(off, bias, rq) (the caller's, once per call or thread chunk: off holds the offsets);
+               one = requant_one_rounding(rq, off, y_zp, act_min, flags) (the caller's, likewise).
     Method:    the float64 form (module docstring; _row_f64) over the whole block, branch-free so it vectorises,
-               with the per-channel offsets bias * mf + 0.5. Elements with |acc + bias| >= lim, and every element of
+               with the per-channel offsets bias * mf + 0.5, or its one-rounding form if one. Elements with |acc + bias| >= lim, and every element of
                a channel with |bias| >= lim (its offset may have rounded), are then redone with the integer
                primitives. Which elements may be beyond: none if checked == 0 (reach + |bias| < lim bounds both); if
                a few channels may be (checked <= Co / 8: real layers with a saturated int32 bias in some channels),
@@ -347,18 +397,22 @@ def requant_row_f64(y2, flag, acc2, bias, rq, off, bias_far, mult, shift, y_zp, 
     yz, lo, hi = np.int32(y_zp), np.int32(act_min), np.int32(act_max)
     if checked * 8 > CO:
         if flags:
-            far = _row_f64(y2, flag, acc2, bias, rq, off, yz, lo, hi, True, True)
+            far = _row_f64(y2, flag, acc2, bias, rq, off, yz, lo, hi, True, True, False)
+        elif one:
+            far = _row_f64(y2, flag, acc2, bias, rq, off, yz, lo, hi, False, True, True)
         else:
-            far = _row_f64(y2, flag, acc2, bias, rq, off, yz, lo, hi, False, True)
+            far = _row_f64(y2, flag, acc2, bias, rq, off, yz, lo, hi, False, True, False)
         if far or bias_far:
             for co in range(CO):
                 _redo_channel(y2, flag, acc2, bias, mult, shift, y_zp, act_min, act_max, flags, co, rq[2, co],
                               abs(np.float64(bias[co])) >= rq[2, co])
         return
     if flags:
-        _row_f64(y2, flag, acc2, bias, rq, off, yz, lo, hi, True, False)
+        _row_f64(y2, flag, acc2, bias, rq, off, yz, lo, hi, True, False, False)
+    elif one:
+        _row_f64(y2, flag, acc2, bias, rq, off, yz, lo, hi, False, False, True)
     else:
-        _row_f64(y2, flag, acc2, bias, rq, off, yz, lo, hi, False, False)
+        _row_f64(y2, flag, acc2, bias, rq, off, yz, lo, hi, False, False, False)
     if checked:
         for co in range(CO):
             if _may_reach_limit(rq, bias, co):
@@ -402,8 +456,9 @@ def _requant_chunk(y, acc, bias, rq, mult, shift, y_zp, act_min, act_max, checke
     flag = scratch_w_i8()  # unused (no flags); one stack row so every caller shares a specialisation
     off = scratch_acc_like(rq)
     bias_far = requant_offsets(off, bias, rq)
+    one = requant_one_rounding(rq, off, y_zp, act_min, False)
     requant_row_f64(y[p0:p1], flag, acc[p0:p1], bias, rq, off, bias_far, mult, shift, y_zp, act_min, act_max,
-                    False, checked)
+                    False, checked, one)
 
 
 @njit(**NJIT_PARALLEL)
@@ -450,13 +505,14 @@ def _requant_mask_chunk(y, mask, acc, bias, rq, mult, shift, y_zp, act_min, act_
     flag = scratch_w_i8()  # (SCRATCH_W8,) the row's in-range flags, 0 or 1
     off = scratch_acc_like(rq)
     bias_far = requant_offsets(off, bias, rq)
+    one = requant_one_rounding(rq, off, y_zp, act_min, write_mask)
     r0, r1 = chunk_bounds(N * H, chunks, t)
     for r in range(r0, r1):
         n = r // H
         h = r - n * H
         if L <= SCRATCH_W8:
             requant_row_f64(y[n, h], flag, acc[n, h], bias, rq, off, bias_far, mult, shift, y_zp, act_min, act_max,
-                            write_mask, checked)
+                            write_mask, checked, one)
             if write_mask:
                 mask_pack_row(mask, r, flag, L)
         else:  # no room for the flags: the integer primitives, element by element

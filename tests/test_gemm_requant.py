@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import naive
-from microtrain.kernels.gemm_io import (requant_checked_channels, requant_f64_params, requantize_acc_f32_s8,
+from microtrain.kernels.gemm_io import (ONE_ROUNDING_MAX_RIGHT, requant_checked_channels, requant_f64_params,
+                                        requant_offsets, requant_one_rounding, requantize_acc_f32_s8,
                                         requantize_acc_f32_s8_mask, weight_reach, widest_input)
 from microtrain.kernels.mask import NO_MASK
 from microtrain.kernels.scratch import SCRATCH_ACC, SCRATCH_W8
@@ -276,3 +277,100 @@ def test_weight_reach_bounds_every_accumulator(co, k, x_zp, seed):
     assert np.all(np.abs((x - x_zp) @ w64.T) <= reach)
     wabs = np.abs(w64)  # ...and with weights of one sign the bound is attained
     assert np.array_equal(np.abs((wabs * (far_end - x_zp)).sum(axis=1)), weight_reach(wabs.astype(np.int8), x_zp))
+
+
+# ---- the one-rounding form (act_min >= y_zp, no mask; gemm_io's docstring, "One rounding") ------------------------
+
+@kernel_settings(300)
+@given(layers(), REACH, st.data())
+def test_a_relu_range_matches_the_integer_reference(layer, slack, data):
+    """act_min >= y_zp (ReLU, ReLU6): the kernel takes the one-rounding form where every right shift is <= 21
+    (layers() draws shifts in [-31, 0], so both forms run); y bit for bit, and with a mask (two-rounding form) the
+    same y and TFLM's in-range bits."""
+    acc, bias, mult, shift, y_zp, _, _ = layer
+    lo = data.draw(st.integers(y_zp, 127))
+    hi = data.draw(st.integers(lo, 127))
+    if data.draw(st.booleans()):  # mostly inside the one-rounding form's range
+        shift = np.maximum(shift, -ONE_ROUNDING_MAX_RIGHT).astype(np.int32)
+    want_y, in_range = expected(acc, bias, mult, shift, y_zp, lo, hi)
+    rq = requant_f64_params(mult, shift, reach_of(acc, slack))
+    y = np.full(acc.shape, 77, np.int8)
+    requantize_acc_f32_s8(y, acc, bias, rq, mult, shift, y_zp, lo, hi)
+    np.testing.assert_array_equal(y, want_y)
+    shape = (1, 1) + acc.shape
+    y4 = np.full(shape, 77, np.int8)
+    mask = np.full(naive.pack_mask(in_range.reshape(shape)).shape, 0xA5, np.uint8)
+    requantize_acc_f32_s8_mask(y4, mask, acc.reshape(shape), bias, rq, mult, shift, y_zp, lo, hi)
+    np.testing.assert_array_equal(y4.reshape(acc.shape), want_y)
+    np.testing.assert_array_equal(mask, naive.pack_mask(in_range.reshape(shape)))
+
+
+def test_every_rounding_tie_rounds_as_tflm_in_a_relu_range():
+    """mult = 2^30 puts SRDHM and RDBPOT on their ties for every right shift the one-rounding form takes, around 0
+    (where it differs from TFLM before the clamp) and at the limit's edge (|acc| up to 2^21 - 1, the largest sums)."""
+    small = np.arange(-4096, 4096, dtype=np.float32)
+    edge = np.concatenate([np.arange((1 << 21) - 4096, 1 << 21), np.arange(-(1 << 21) + 1, -(1 << 21) + 4097)])
+    acc = np.concatenate([small, edge.astype(np.float32)]).reshape(-1, 16)
+    for right in range(0, ONE_ROUNDING_MAX_RIGHT + 1):
+        for bias_v, mult_v in [(0, 1 << 30), (-3, 1 << 30), (0, I32.max)]:
+            mult = np.full(16, mult_v, np.int32)
+            shift = np.full(16, -right, np.int32)
+            bias = np.full(16, bias_v, np.int32)
+            rq = requant_f64_params(mult, shift, np.abs(acc).max(axis=0).astype(np.int64))
+            assert requant_one_rounding(rq, np.empty(64), 3, 3, False)
+            for lo, hi in [(3, 127), (3, 9), (40, 127)]:
+                want, _ = expected(acc, bias, mult, shift, 3, lo, hi)
+                y = np.empty_like(want)
+                requantize_acc_f32_s8(y, acc, bias, rq, mult, shift, 3, lo, hi)
+                np.testing.assert_array_equal(y, want, err_msg=f"right shift {right}, bias {bias_v}, [{lo}, {hi}]")
+
+
+def test_the_one_rounding_form_differs_from_tflm_below_zero_so_only_a_relu_range_may_use_it():
+    """M = 2^30, right = 2, a = -4 .. -11: v = a / 2, SRDHM s = floor(v + 0.5) = -2 .. -5, and TFLM's RDBPOT(s, 2)
+    rounds s / 4 half away from zero to -1, where the one-rounding trunc((v + 0.5 + 2) / 4) gives 0.
+    With act_min = y_zp both clamp to act_min; with act_min < y_zp the kernel must (and does) keep the two-rounding
+    form."""
+    mult, shift = np.full(8, 1 << 30, np.int32), np.full(8, -2, np.int32)
+    acc = np.array([[-4, -5, -6, -7, -8, -9, -10, -11]], np.float32)  # a * mf = a / 2: s = -2 .. -5
+    bias = np.zeros(8, np.int32)
+    pre = [naive.requant_pre_s8(int(a), 1 << 30, -2, 0) for a in acc[0]]
+    one = [int(np.trunc(a / 2 * 0.25 + (0.5 + 2) * 0.25)) for a in acc[0]]
+    assert pre != one and min(pre) < 0 and max(one) <= 0  # they differ, only below zero
+    rq = requant_f64_params(mult, shift, 11)
+    for lo in (0, -128):  # a ReLU range (one rounding), the full range (two)
+        assert requant_one_rounding(rq, np.empty(64), 0, lo, False) == (lo == 0)
+        y = np.empty((1, 8), np.int8)
+        requantize_acc_f32_s8(y, acc, bias, rq, mult, shift, 0, lo, 127)
+        assert y[0].tolist() == [max(v, lo) for v in pre]
+
+
+def test_the_one_rounding_form_is_chosen_only_where_it_is_exact():
+    mult = np.full(4, 1 << 30, np.int32)
+    off = np.empty(64)
+    for right, ok in [(0, True), (ONE_ROUNDING_MAX_RIGHT, True), (ONE_ROUNDING_MAX_RIGHT + 1, False), (31, False)]:
+        shift = np.array([-1, -right, 0, -2], np.int32)
+        rq = requant_f64_params(mult, shift, 100)
+        assert requant_one_rounding(rq, off, -5, -5, False) == ok
+    rq = requant_f64_params(mult, np.full(4, -7, np.int32), 100)
+    assert requant_one_rounding(rq, off, -5, -4, False)
+    assert not requant_one_rounding(rq, off, -5, -6, False)  # act_min < y_zp: negative q is not clamped away
+    assert not requant_one_rounding(rq, off, -5, -5, True)  # a mask needs TFLM's q below zero
+    assert not requant_one_rounding(rq, np.empty(11), -5, -5, False)  # no room for mf2, off2 (3 * Co > 11)
+
+
+def test_requant_offsets_hold_the_one_rounding_constants_exactly():
+    """off[Co:2Co] = mf * 2^-right, off[2Co:3Co] = (bias * mf + 0.5 + 2^(right - 1)) * 2^-right (no 2^(right - 1)
+    for right 0), as exact rationals."""
+    from fractions import Fraction
+    mult = np.array([1 << 30, I32.max, 1518500250, 1 << 30], np.int32)
+    shift = np.array([0, -1, -13, -ONE_ROUNDING_MAX_RIGHT], np.int32)
+    bias = np.array([-7, (1 << 20) - 1, -(1 << 20), 12345], np.int32)
+    rq = requant_f64_params(mult, shift)
+    off = np.empty(12)
+    assert not requant_offsets(off, bias, rq)
+    for c in range(4):
+        r = -int(shift[c])
+        mf = Fraction(int(mult[c]), 1 << 31)
+        h = Fraction(1 << r, 2) if r else 0
+        assert Fraction(off[4 + c]) == mf / (1 << r)
+        assert Fraction(off[8 + c]) == (int(bias[c]) * mf + Fraction(1, 2) + h) / (1 << r)
