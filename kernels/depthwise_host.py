@@ -24,8 +24,8 @@ What makes it faster than the reference (numbers in bench/README.md):
   row-wise weights and rows do not fit the stack row (SCRATCH_W8).
 - Inner loops index slices from 0. Numba gives an index that might be negative a wraparound branch, which stops
   LLVM from vectorising the loop (acc[c - c0] in the reference); a range index from 0 has none.
-- Requantization in float64 (exact: kernels/gemm_io.py's docstring; one rounding instead of two in the ReLU layers
-  without a mask), with the integer primitives for any element whose |acc + bias| is beyond the fast path's limit.
+- Requantization in float64 (exact: kernels/gemm_io.py's docstring; one rounding instead of two in the ReLU
+  layers), with the integer primitives for any element whose |acc + bias| is beyond the fast path's limit.
 Every sum is the same exact int32 sum as the reference's (integers, |sum| < 2^21 for 7x7: depthwise.py's Overflow
 note), whatever the order, so y and the mask are the reference's.
 """
@@ -187,7 +187,7 @@ def _dw_s8_chunk(y, mask, x, xf, w, bias, rq, mult, shift, xz, y_zp, act_min, ac
     flag = wt[f0:f0 + L]
     off = scratch_acc_like(rq)  # the requantization's per-channel offsets, formed once per chunk
     bias_far = requant_offsets(off, bias, rq)
-    one = requant_one_rounding(rq, off, y_zp, act_min, write_mask)
+    one = requant_one_rounding(rq, off, y_zp, act_min)
     last = -1  # the last input row (n * H + iy) split into the ring; the KH rows up to it are there
     r0, r1 = chunk_bounds(N * OH, chunks, t)
     for r in range(r0, r1):

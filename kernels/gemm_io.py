@@ -1,8 +1,9 @@
 """The two ends of the host GEMM path for int8 convs and the classifier (Inference(backend="blas")).
 
 An int8 pointwise conv or fully-connected layer is a matrix product: acc (P, Co) = (x - x_zp) (P, Ci) @ w.T
-(Ci, Co), P = pixels (or samples); a standard conv is one too, over its im2col patches (P, KH * KW * Ci). On the host that product can run in NumPy's float32 BLAS (sgemm) and still be
-*bit-exact*, because every value it forms is a small integer:
+(Ci, Co), P = pixels (or samples); a standard conv is one too, over its im2col patches (P, KH * KW * Ci). On the
+host that product can run in NumPy's float32 BLAS (sgemm) and still be *bit-exact*, because every value it forms is
+a small integer:
   - each product w[co, ci] * (x - x_zp) is an integer (int8 times an int in [-255, 255]);
   - any partial sum, in whatever order or blocking the BLAS chooses (and with or without FMA), is the sum of a
     subset of those products, so its magnitude is at most B[co] = sum_ci |w[co, ci]| * max|x - x_zp|;
@@ -41,7 +42,7 @@ few (real int8 models saturate the int32 bias of some dead channels), only those
 Likewise the in-range flags (the 1-bit mask's bits) are only formed when a mask is written.
 
 One rounding where the clamp hides negative results (requant_one_rounding: act_min >= y_zp, the ReLU / ReLU6 layers,
-and right <= 21 in every channel; no mask written). With s = SRDHM = floor(v + 0.5), v = a * mf, RDBPOT of s >= 0 is
+and right <= 21 in every channel). With s = SRDHM = floor(v + 0.5), v = a * mf, RDBPOT of s >= 0 is
 (s + h) >> right with h = 2^(right - 1) (0 if right = 0: RDBPOT by 0 is s), i.e. floor((s + h) / 2^right), and since
 h is an integer, floor((floor(v + 0.5) + h) / 2^right) = floor((v + 0.5 + h) / 2^right): the two roundings are one.
 So q = trunc(acc * mf2 + off2) with mf2 = mf * 2^-right and off2 = (bias * mf + 0.5 + h) * 2^-right (the conversion
@@ -51,8 +52,14 @@ act_min. Exact: in units of 2^(left - 31 - right) every term is an integer (acc 
 2^(30 + right) for h), and the sum a * M + 2^(30 - left) + 2^(30 + right) stays below 2^53 for |a| < lim and
 right <= 21 (|a * M| < 2^52, 2^51, 2^30), as do the partial sums (|acc|, |bias| < 2 lim). Per element: a convert,
 a multiply, an add and a truncating convert, against the two-rounding form's floor, multiply, sign select and add on
-top (AVX2, one core, 64-pixel rows: 0.64 -> 0.32 ns per element). The in-range flags need TFLM's q for s < 0 too,
-so a call that writes a mask keeps the two-rounding form.
+top (AVX2, one core, 64-pixel rows: 0.64 -> 0.32 ns per element).
+The in-range flag (the mask's bit) is v >= act_min and v <= act_max for TFLM's v = q + y_zp before the clamp. Its
+upper half is the same with either q (they agree where q >= 1, and where TFLM's q <= 0 both are <= act_max - y_zp,
+which is >= 0). So is its lower half where act_min > y_zp (both sides need q >= act_min - y_zp >= 1). Where act_min
+== y_zp it needs TFLM's q >= 0, which for right >= 1 holds iff s > -h (RDBPOT of a negative s is
+-floor((-s + h) / 2^right)), i.e. floor(v + 0.5) >= 1 - h, i.e. v + 0.5 + h >= 1, and for right = 0 iff
+v + 0.5 >= 0: so the flag also tests t >= thr on the same exact t = acc * mf2 + off2, with thr = 2^-right (0 if
+right = 0); where act_min > y_zp that test holds whenever the first does (q >= 1 means t >= 1).
 Host only: firmware runs the loop kernels (their C twins); the GEMM's float32 buffers are host memory outside
 the planned arena (Inference.host_bytes).
 """
@@ -281,8 +288,9 @@ def _row_f64(y2, flag, acc2, bias, rq, off, yz, lo, hi, flags, check, one):
     and |bias| < lim (then bias * mf + 0.5 and acc * mf are exact and their sum is (acc + bias) * mf + 0.5 exactly:
     a multiple of 2^(left - 31) below 2^21 + 1). (One core, no mask: 0.485 ns per element with the bias added
     per element, a float64 trunc and a float64 clamp; 0.39 with the int32 tail; 0.32 with the bias folded.)
-    If one (requant_one_rounding said so, never with flags): q = int32(acc * mf2 + off2), the one-rounding form
-    (module docstring, "One rounding"), with mf2 and off2 from off[Co:3 * Co] (requant_offsets).
+    If one (requant_one_rounding said so): q = int32(t), t = acc * mf2 + off2, the one-rounding form (module
+    docstring, "One rounding"), and the flag also tests t >= thr; mf2, off2, thr from off[Co:4 * Co]
+    (requant_offsets).
 
     flags, check and one are loop-invariant: requant_row_f64 calls this with literal values, so after inlining LLVM
     compiles one loop per combination, each without the work it does not need (a runtime test inside one loop
@@ -290,6 +298,7 @@ def _row_f64(y2, flag, acc2, bias, rq, off, yz, lo, hi, flags, check, one):
     W, CO = y2.shape
     mf2 = off[CO:2 * CO]
     off2 = off[2 * CO:3 * CO]
+    thr = off[3 * CO:4 * CO]
     far = False
     for ox in range(W):
         a_s = acc2[ox]
@@ -298,12 +307,15 @@ def _row_f64(y2, flag, acc2, bias, rq, off, yz, lo, hi, flags, check, one):
         for co in range(CO):  # float64 lanes, no branch
             a = np.float64(a_s[co])
             if one:
-                v = np.int32(np.int32(a * mf2[co] + off2[co]) + yz)
+                t = a * mf2[co] + off2[co]
+                v = np.int32(np.int32(t) + yz)
+                if flags:
+                    f_s[co] = np.int8(v >= lo) & np.int8(v <= hi) & np.int8(t >= thr[co])
             else:
                 t = np.floor(a * rq[0, co] + off[co]) * rq[1, co]
                 v = np.int32(np.int32(t + np.copysign(0.5, t)) + yz)
-            if flags:
-                f_s[co] = np.int8(v >= lo) & np.int8(v <= hi)
+                if flags:
+                    f_s[co] = np.int8(v >= lo) & np.int8(v <= hi)
             y_s[co] = np.int8(min(max(v, lo), hi))
             if check:
                 far |= abs(a + np.float64(bias[co])) >= rq[2, co]
@@ -326,16 +338,18 @@ def _redo_channel(y2, flag, acc2, bias, mult, shift, y_zp, act_min, act_max, fla
 @njit(**NJIT)
 def requant_offsets(off, bias, rq):
     """off[co] = bias[co] * mf[co] + 0.5, the float64 pass's per-channel offsets (_row_f64), formed once per call
-    or thread chunk with the bias as it is now (it may train); where 3 * Co fits off, also the one-rounding form's
-    off[Co + co] = mf2 = mf * rs and off[2 * Co + co] = off2 = (bias * mf + 0.5 + h) * rs, h = 2^(right - 1) or 0
-    (module docstring, "One rounding"; rs = 2^-right, so h = 0.5 / rs for right >= 1). off: a float64 stack row
+    or thread chunk with the bias as it is now (it may train); where 4 * Co fits off, also the one-rounding form's
+    off[Co + co] = mf2 = mf * rs, off[3 * Co + co] = thr = rs (0 if right = 0: the flag's threshold) and
+    off[2 * Co + co] = off2 = (bias * mf + 0.5 + h) * rs, h = 2^(right - 1) or 0
+    (module docstring, "One rounding"; rs = 2^-right, so h * rs = 1/2 for right >= 1, and off2 = (bias * mf + 0.5)
+    * rs + 1/2: the same exact value, as (bias * mf + 0.5 + h) is exact and scaling by rs is). off: a float64 stack row
     (scratch_acc_like(rq)). Returns bias_far: True if some |bias| >= lim (those channels' offsets may have rounded,
     so requant_row_f64 redoes them whole), or if Co exceeds off (no offsets: requant_row_f64 uses the integer
     primitives)."""
     CO = bias.shape[0]
     if CO > off.shape[0]:
         return True
-    both = 3 * CO <= off.shape[0]
+    both = 4 * CO <= off.shape[0]
     bias_far = False
     for co in range(CO):
         b = np.float64(bias[co])
@@ -345,7 +359,8 @@ def requant_offsets(off, bias, rq):
         if both:
             rs = rq[1, co]
             off[CO + co] = rq[0, co] * rs
-            off[2 * CO + co] = (o + (0.5 / rs if rs < 1.0 else 0.0)) * rs
+            off[2 * CO + co] = o * rs + (0.5 if rs < 1.0 else 0.0)
+            off[3 * CO + co] = rs if rs < 1.0 else 0.0
     return bias_far
 
 
@@ -353,13 +368,12 @@ ONE_ROUNDING_MAX_RIGHT = 21  # the one-rounding form is exact for right shifts u
 
 
 @njit(**NJIT)
-def requant_one_rounding(rq, off, y_zp, act_min, flags):
-    """True if requant_row_f64 may use the one-rounding form (module docstring, "One rounding"): no flags to
-    write, act_min >= y_zp (every negative result clamps to act_min), right <= ONE_ROUNDING_MAX_RIGHT in every
-    channel (rs >= 2^-21), and off holds mf2 and off2 (requant_offsets: 3 * Co fits). O(Co), once per call or
-    thread chunk."""
+def requant_one_rounding(rq, off, y_zp, act_min):
+    """True if requant_row_f64 may use the one-rounding form (module docstring, "One rounding"): act_min >= y_zp
+    (every negative result clamps to act_min), right <= ONE_ROUNDING_MAX_RIGHT in every channel (rs >= 2^-21), and
+    off holds mf2, off2 and thr (requant_offsets: 4 * Co fits). O(Co), once per call or thread chunk."""
     CO = rq.shape[1]
-    if flags or act_min < y_zp or 3 * CO > off.shape[0]:
+    if act_min < y_zp or 4 * CO > off.shape[0]:
         return False
     for co in range(CO):
         if rq[1, co] < 2.0 ** -ONE_ROUNDING_MAX_RIGHT:
@@ -378,16 +392,17 @@ def requant_row_f64(y2, flag, acc2, bias, rq, off, bias_far, mult, shift, y_zp, 
                sums (before the bias); bias (Co,) s32; rq (4, Co) = requant_f64_params(mult, shift, reach);
                mult, shift (Co,) s32; checked = requant_checked_channels(rq, bias) and bias_far =
                requant_offsets(off, bias, rq) (the caller's, once per call or thread chunk: off holds the offsets);
-               one = requant_one_rounding(rq, off, y_zp, act_min, flags) (the caller's, likewise).
+               one = requant_one_rounding(rq, off, y_zp, act_min) (the caller's, likewise).
     Method:    the float64 form (module docstring; _row_f64) over the whole block, branch-free so it vectorises,
-               with the per-channel offsets bias * mf + 0.5, or its one-rounding form if one. Elements with |acc + bias| >= lim, and every element of
-               a channel with |bias| >= lim (its offset may have rounded), are then redone with the integer
-               primitives. Which elements may be beyond: none if checked == 0 (reach + |bias| < lim bounds both); if
-               a few channels may be (checked <= Co / 8: real layers with a saturated int32 bias in some channels),
-               the loop runs without the test and those channels are scanned after it; else the loop tests every
-               element and, if one was beyond or a bias is, every channel is scanned. Rows with more channels than
-               off holds (no offsets) are written with the integer primitives. The shared tail of
-               requantize_acc_f32_s8, requantize_acc_f32_s8_mask and depthwise_host.depthwise_conv_s8_host.
+               with the per-channel offsets bias * mf + 0.5, or its one-rounding form if one. Elements with
+               |acc + bias| >= lim, and every element of a channel with |bias| >= lim (its offset may have rounded),
+               are then redone with the integer primitives. Which elements may be beyond: none if checked == 0
+               (reach + |bias| < lim bounds both); if a few channels may be (checked <= Co / 8: real layers with a
+               saturated int32 bias in some channels), the loop runs without the test and those channels are
+               scanned after it; else the loop tests every element and, if one was beyond or a bias is, every
+               channel is scanned. Rows with more channels than off holds (no offsets) are written with the integer
+               primitives. The shared tail of requantize_acc_f32_s8, requantize_acc_f32_s8_mask and
+               depthwise_host.depthwise_conv_s8_host.
     """
     W, CO = y2.shape
     if CO > off.shape[0]:  # no offsets (requant_offsets): the integer primitives
@@ -396,7 +411,9 @@ def requant_row_f64(y2, flag, acc2, bias, rq, off, bias_far, mult, shift, y_zp, 
         return
     yz, lo, hi = np.int32(y_zp), np.int32(act_min), np.int32(act_max)
     if checked * 8 > CO:
-        if flags:
+        if flags and one:
+            far = _row_f64(y2, flag, acc2, bias, rq, off, yz, lo, hi, True, True, True)
+        elif flags:
             far = _row_f64(y2, flag, acc2, bias, rq, off, yz, lo, hi, True, True, False)
         elif one:
             far = _row_f64(y2, flag, acc2, bias, rq, off, yz, lo, hi, False, True, True)
@@ -407,7 +424,9 @@ def requant_row_f64(y2, flag, acc2, bias, rq, off, bias_far, mult, shift, y_zp, 
                 _redo_channel(y2, flag, acc2, bias, mult, shift, y_zp, act_min, act_max, flags, co, rq[2, co],
                               abs(np.float64(bias[co])) >= rq[2, co])
         return
-    if flags:
+    if flags and one:
+        _row_f64(y2, flag, acc2, bias, rq, off, yz, lo, hi, True, False, True)
+    elif flags:
         _row_f64(y2, flag, acc2, bias, rq, off, yz, lo, hi, True, False, False)
     elif one:
         _row_f64(y2, flag, acc2, bias, rq, off, yz, lo, hi, False, False, True)
@@ -456,7 +475,7 @@ def _requant_chunk(y, acc, bias, rq, mult, shift, y_zp, act_min, act_max, checke
     flag = scratch_w_i8()  # unused (no flags); one stack row so every caller shares a specialisation
     off = scratch_acc_like(rq)
     bias_far = requant_offsets(off, bias, rq)
-    one = requant_one_rounding(rq, off, y_zp, act_min, False)
+    one = requant_one_rounding(rq, off, y_zp, act_min)
     requant_row_f64(y[p0:p1], flag, acc[p0:p1], bias, rq, off, bias_far, mult, shift, y_zp, act_min, act_max,
                     False, checked, one)
 
@@ -505,7 +524,7 @@ def _requant_mask_chunk(y, mask, acc, bias, rq, mult, shift, y_zp, act_min, act_
     flag = scratch_w_i8()  # (SCRATCH_W8,) the row's in-range flags, 0 or 1
     off = scratch_acc_like(rq)
     bias_far = requant_offsets(off, bias, rq)
-    one = requant_one_rounding(rq, off, y_zp, act_min, write_mask)
+    one = requant_one_rounding(rq, off, y_zp, act_min)
     r0, r1 = chunk_bounds(N * H, chunks, t)
     for r in range(r0, r1):
         n = r // H

@@ -285,8 +285,8 @@ def test_weight_reach_bounds_every_accumulator(co, k, x_zp, seed):
 @given(layers(), REACH, st.data())
 def test_a_relu_range_matches_the_integer_reference(layer, slack, data):
     """act_min >= y_zp (ReLU, ReLU6): the kernel takes the one-rounding form where every right shift is <= 21
-    (layers() draws shifts in [-31, 0], so both forms run); y bit for bit, and with a mask (two-rounding form) the
-    same y and TFLM's in-range bits."""
+    (layers() draws shifts in [-31, 0], so both forms run); y bit for bit, and with a mask the same y and TFLM's
+    in-range bits."""
     acc, bias, mult, shift, y_zp, _, _ = layer
     lo = data.draw(st.integers(y_zp, 127))
     hi = data.draw(st.integers(lo, 127))
@@ -317,19 +317,25 @@ def test_every_rounding_tie_rounds_as_tflm_in_a_relu_range():
             shift = np.full(16, -right, np.int32)
             bias = np.full(16, bias_v, np.int32)
             rq = requant_f64_params(mult, shift, np.abs(acc).max(axis=0).astype(np.int64))
-            assert requant_one_rounding(rq, np.empty(64), 3, 3, False)
+            assert requant_one_rounding(rq, np.empty(64), 3, 3)
             for lo, hi in [(3, 127), (3, 9), (40, 127)]:
-                want, _ = expected(acc, bias, mult, shift, 3, lo, hi)
+                msg = f"right shift {right}, bias {bias_v}, [{lo}, {hi}]"
+                want, in_range = expected(acc, bias, mult, shift, 3, lo, hi)
                 y = np.empty_like(want)
                 requantize_acc_f32_s8(y, acc, bias, rq, mult, shift, 3, lo, hi)
-                np.testing.assert_array_equal(y, want, err_msg=f"right shift {right}, bias {bias_v}, [{lo}, {hi}]")
+                np.testing.assert_array_equal(y, want, err_msg=msg)
+                shape = (1, 1) + acc.shape  # the mask's bits: TFLM's in-range test before the clamp, ties included
+                y4, mask = np.empty(shape, np.int8), np.empty(naive.pack_mask(in_range.reshape(shape)).shape, np.uint8)
+                requantize_acc_f32_s8_mask(y4, mask, acc.reshape(shape), bias, rq, mult, shift, 3, lo, hi)
+                np.testing.assert_array_equal(y4.reshape(acc.shape), want, err_msg=msg)
+                np.testing.assert_array_equal(mask, naive.pack_mask(in_range.reshape(shape)), err_msg=msg)
 
 
 def test_the_one_rounding_form_differs_from_tflm_below_zero_so_only_a_relu_range_may_use_it():
     """M = 2^30, right = 2, a = -4 .. -11: v = a / 2, SRDHM s = floor(v + 0.5) = -2 .. -5, and TFLM's RDBPOT(s, 2)
     rounds s / 4 half away from zero to -1, where the one-rounding trunc((v + 0.5 + 2) / 4) gives 0.
-    With act_min = y_zp both clamp to act_min; with act_min < y_zp the kernel must (and does) keep the two-rounding
-    form."""
+    With act_min = y_zp both clamp to act_min (and the mask's bit, 0 for TFLM's -1, comes from the t >= thr test);
+    with act_min < y_zp the kernel must (and does) keep the two-rounding form."""
     mult, shift = np.full(8, 1 << 30, np.int32), np.full(8, -2, np.int32)
     acc = np.array([[-4, -5, -6, -7, -8, -9, -10, -11]], np.float32)  # a * mf = a / 2: s = -2 .. -5
     bias = np.zeros(8, np.int32)
@@ -338,10 +344,14 @@ def test_the_one_rounding_form_differs_from_tflm_below_zero_so_only_a_relu_range
     assert pre != one and min(pre) < 0 and max(one) <= 0  # they differ, only below zero
     rq = requant_f64_params(mult, shift, 11)
     for lo in (0, -128):  # a ReLU range (one rounding), the full range (two)
-        assert requant_one_rounding(rq, np.empty(64), 0, lo, False) == (lo == 0)
+        assert requant_one_rounding(rq, np.empty(64), 0, lo) == (lo == 0)
         y = np.empty((1, 8), np.int8)
         requantize_acc_f32_s8(y, acc, bias, rq, mult, shift, 0, lo, 127)
         assert y[0].tolist() == [max(v, lo) for v in pre]
+        y4, mask = np.empty((1, 1, 1, 8), np.int8), np.empty((1, 1), np.uint8)
+        requantize_acc_f32_s8_mask(y4, mask, acc.reshape(1, 1, 1, 8), bias, rq, mult, shift, 0, lo, 127)
+        assert y4.ravel().tolist() == y[0].tolist()
+        assert int(mask[0, 0]) == (0 if lo == 0 else 0xFF)  # TFLM's -1 is below act_min = 0
 
 
 def test_the_one_rounding_form_is_chosen_only_where_it_is_exact():
@@ -350,23 +360,23 @@ def test_the_one_rounding_form_is_chosen_only_where_it_is_exact():
     for right, ok in [(0, True), (ONE_ROUNDING_MAX_RIGHT, True), (ONE_ROUNDING_MAX_RIGHT + 1, False), (31, False)]:
         shift = np.array([-1, -right, 0, -2], np.int32)
         rq = requant_f64_params(mult, shift, 100)
-        assert requant_one_rounding(rq, off, -5, -5, False) == ok
+        assert requant_one_rounding(rq, off, -5, -5) == ok
     rq = requant_f64_params(mult, np.full(4, -7, np.int32), 100)
-    assert requant_one_rounding(rq, off, -5, -4, False)
-    assert not requant_one_rounding(rq, off, -5, -6, False)  # act_min < y_zp: negative q is not clamped away
-    assert not requant_one_rounding(rq, off, -5, -5, True)  # a mask needs TFLM's q below zero
-    assert not requant_one_rounding(rq, np.empty(11), -5, -5, False)  # no room for mf2, off2 (3 * Co > 11)
+    assert requant_one_rounding(rq, off, -5, -4)
+    assert not requant_one_rounding(rq, off, -5, -6)  # act_min < y_zp: negative q is not clamped away
+    assert requant_one_rounding(rq, np.empty(16), -5, -5)
+    assert not requant_one_rounding(rq, np.empty(15), -5, -5)  # no room for mf2, off2, thr (4 * Co > 15)
 
 
 def test_requant_offsets_hold_the_one_rounding_constants_exactly():
     """off[Co:2Co] = mf * 2^-right, off[2Co:3Co] = (bias * mf + 0.5 + 2^(right - 1)) * 2^-right (no 2^(right - 1)
-    for right 0), as exact rationals."""
+    for right 0), off[3Co:4Co] = 2^-right (0 for right 0), as exact rationals."""
     from fractions import Fraction
     mult = np.array([1 << 30, I32.max, 1518500250, 1 << 30], np.int32)
     shift = np.array([0, -1, -13, -ONE_ROUNDING_MAX_RIGHT], np.int32)
     bias = np.array([-7, (1 << 20) - 1, -(1 << 20), 12345], np.int32)
     rq = requant_f64_params(mult, shift)
-    off = np.empty(12)
+    off = np.empty(16)
     assert not requant_offsets(off, bias, rq)
     for c in range(4):
         r = -int(shift[c])
@@ -374,3 +384,4 @@ def test_requant_offsets_hold_the_one_rounding_constants_exactly():
         h = Fraction(1 << r, 2) if r else 0
         assert Fraction(off[4 + c]) == mf / (1 << r)
         assert Fraction(off[8 + c]) == (int(bias[c]) * mf + Fraction(1, 2) + h) / (1 << r)
+        assert Fraction(off[12 + c]) == (Fraction(1, 1 << r) if r else 0)
