@@ -254,7 +254,8 @@ class _LabelledStep(TrainStep):
 
 def profile(name, config, mode, batch=1, repeats=5):
     """Seconds per kernel (summed over the ops it runs) and per (kernel, op) of one step, each bound entry
-    timed alone, in step order (the same calls as TrainStep.run, minus its finiteness checks)."""
+    timed alone, in step order: the calls of an unsplit TrainStep.run (split=1), minus its finiteness checks. (An
+    int8 step of a batch runs split by default: the same kernels per group of images, microtrain/train.py.)"""
     from collections import defaultdict
 
     from microtrain.kernels.loss import softmax_cross_entropy_f32
@@ -262,7 +263,7 @@ def profile(name, config, mode, batch=1, repeats=5):
     model = _model(name)
     x, labels, head = _inputs(mode, batch, model.graph.classifier.cin)
     step = _LabelledStep(model, load_config(config, model), K, TrainOptions(mode=mode, lr=LR, batch=batch),
-                         head=head)
+                         head=head, split=1)
     step.run(x, labels)
     step.run(x, labels)
     totals, per_op = defaultdict(float), defaultdict(float)

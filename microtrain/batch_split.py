@@ -11,6 +11,11 @@ process each): MCUNet b25 18.2-19.5 -> 15.1-15.3 ms, MbV2 b25 18.2-18.9 -> 14.7-
 Same results: every group runs the same kernels on its images; int8 inference is integer arithmetic (exact
 whatever the grouping, and the "blas" GEMMs are exact: kernels/gemm_io.py), so the output is the same bits.
 
+Training steps (microtrain/train.py, "Batch split") run forward and backward per group. Their groups are part of
+the arithmetic (a gradient is summed per group, then over the groups), so their count is a constant by default
+(STEP_GROUPS, resolve_step_groups), not the thread count, and where the groups cannot run concurrently they run in
+turn on the calling thread (run_in_turn_or_concurrently): the same bits either way.
+
 Conditions for the default (`available`; auto_groups splits only where they hold):
   - Numba's threading layer must allow parallel kernels launched from several threads at once: "omp" (what
     microtrain.config picks) or "tbb". The "workqueue" layer aborts the process on concurrent launches, so there
@@ -90,6 +95,40 @@ def resolve_groups(batch, split, default=True):
     if groups > 1 and unsafe():
         raise InputError(f"cannot split the batch here: {unsafe()}; use split=1")
     return groups
+
+
+STEP_GROUPS = 2  # image groups of an int8 "blas" TrainStep by default, on every machine (resolve_step_groups)
+
+
+def resolve_step_groups(batch, split):
+    """The image groups of an int8 "blas" training step of `batch` images asked for `split` (None: min(batch,
+    STEP_GROUPS)). Unlike an Inference's groups, a step's groups are part of its arithmetic: each group's weight and
+    bias gradients are float32 sums over its own images, then summed over the groups in order (microtrain/train.py,
+    "Batch split"). So the default count is a constant, not the machine's thread count, and a split is allowed
+    wherever concurrent launches are unsafe: the groups then run one after another (`concurrent`), with the same
+    bits. Raises InputError for a count outside [1, batch]."""
+    if split is None:
+        return min(int(batch), STEP_GROUPS)
+    groups = int(split)
+    if groups < 1 or groups > batch:
+        raise InputError(f"split must be between 1 and the batch ({batch}), got {split}")
+    return groups
+
+
+def concurrent(groups):
+    """True if a run of these groups goes concurrently now: runs_split, and the threading layer allows concurrent
+    launches (else the groups run one after another on the calling thread)."""
+    return runs_split(groups) and not unsafe()
+
+
+def run_in_turn_or_concurrently(jobs, groups):
+    """Run jobs (one per group) with run_groups where `concurrent(groups)`, else one after another on the calling
+    thread at its Numba width. Every kernel's result is independent of the width, so both give the same bits."""
+    if concurrent(groups):
+        run_groups(jobs)
+        return
+    for job in jobs:
+        job()
 
 
 def runs_split(groups):

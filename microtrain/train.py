@@ -9,16 +9,28 @@ live in the arena's tail for the whole adaptation. Precomputed per-channel const
 multipliers and shifts, QAS coefficients, kept-channel index lists) are flash too (firmware stores them
 as const arrays; TinyEngine does the same with its scales).
 
-Batch split (host only, "blas" backend, int8 mode; microtrain/batch_split.py): the forward pass of an int8 step
-is per-image work (integer convs, per-row dequantization and fp32 head), so a step with `split` groups hands each
-group of images to its own thread, which runs the whole forward on them serially in a group step (a TrainStep of
-that group's batch with an arena of its own: host memory, in `host_bytes`; its GEMM scratch is its images' share of
-this step's, its constants this step's). Before, the trainable parameters are copied into each group step (they
-change every step; bytes, not activations); after, every buffer of the forward alive at its end (what the loss,
-the backward and features() read: saved activations, 1-bit masks, features, logits) is copied from the group
-steps into this step's arena. The loss, backward and updates then run here as before. Same bits as the sequential
-step; the arena and its plan are unchanged (what a sequential device needs). fp32 steps run sequentially (their
-sgemm sums are not promised the same bits on a subset of rows).
+Batch split (host only, "blas" backend, int8 mode; microtrain/batch_split.py): an int8 step of `split` groups of
+images (by default batch_split.STEP_GROUPS = 2 for any batch of two or more) runs forward and backward per group,
+each group in a group step (a TrainStep of that group's batch with an arena of its own: host memory, in
+`host_bytes`; its GEMM scratch is its images' share of this step's, its constants this step's), the groups on their
+own threads where they can run concurrently, else one after another. A step:
+  1. forward: the trainable parameters are copied into each group step (they change every step; bytes, not
+     activations); each group runs the whole forward on its images; every buffer of the forward alive at its end
+     (saved activations, 1-bit masks, features, logits) is copied back into this step's arena. The forward is
+     integer arithmetic and per-row float work per image: the same bits as an unsplit step's;
+  2. the loss over the whole batch, here (the same bits: it reads the same logits);
+  3. backward: each group step gets its rows of the loss gradient and runs its backward on its images. A group step
+     is planned with operator reordering off, so every weight and bias gradient it computes stays in its arena;
+  4. each gradient is summed over the groups in group order, every sum is checked finite before any update, and
+     the updates run here, in this step's order, from this step's gradient buffers.
+Why: the backward of an unsplit step runs kernel by kernel, each split over the threads, and barely uses a second
+core (MCUNet's 49kb step at batch 25: 6.3 ms on two threads, 6.7 with Numba's kernels on one; bench/README.md);
+per group, it runs whole on one core, as the forward does.
+The price is the arithmetic: a weight or bias gradient is a float32 sum over the batch, and here it is summed per
+group, then over the groups. So the trained parameters differ from an unsplit step's (split=1) at float32 rounding,
+and the group count is fixed (not the machine's thread count): a step gives the same bits on 1 or 2 threads, with
+any threading layer, whether its groups run concurrently or in turn. The arena and its plan are unchanged (what a
+sequential device needs; firmware reproduces the "reference" backend). fp32 steps run unsplit.
 """
 
 import dataclasses
@@ -81,8 +93,10 @@ class TrainStep:
     model: the int8 Model (its classifier is replaced by an fp32 head of n_classes);
     cfg: a SparseConfig for model.graph; opts: TrainOptions;
     head: optional (W (K, C) float32, b (K,) float32) initial head (default zeros).
-    split: groups of images that run the forward pass concurrently (module docstring, "Batch split"); None:
-    batch_split.auto_groups where the step can split (int8 mode, "blas" backend), else 1.
+    split: image groups whose forward and backward run per group, their gradients summed over the groups (module
+    docstring, "Batch split"); None: batch_split.STEP_GROUPS (at most the batch) where the step can split (int8
+    mode, "blas" backend), else 1. Part of the step's arithmetic: split=1 and split=2 train to parameters that
+    differ at float32 rounding; the thread count never changes the bits.
     """
 
     def __init__(self, model, cfg, n_classes, opts, head=None, arena_buffer=None, split=None, _host=None):
@@ -104,6 +118,7 @@ class TrainStep:
         self._gemm = HostGemm(graph, opts.batch, share=_host) if opts.backend == "blas" else None
         self._bind()
         self._groups, self._handover = self._group_steps(split)
+        self._split_backward, self._split_updates = self._bind_split_backward()
         self.split = max(1, len(self._groups))
         # fp32 trainable parameters are checked for NaN/inf before every step (int8/int32 ones cannot be)
         self._float_params = [self.v(n) for n in self.specs if n.startswith("train:") and self.specs[n][1] == F32]
@@ -140,9 +155,9 @@ class TrainStep:
 
     def _group_steps(self, split):
         """The batch split (module docstring): ([((n0, n1), group TrainStep)], the buffers handed over after the
-        forward); no groups where the step runs sequentially."""
+        forward); no groups for an unsplit step."""
         opts = self.opts
-        groups = batch_split.resolve_groups(opts.batch, split)
+        groups = batch_split.resolve_step_groups(opts.batch, split)
         if groups == 1 or opts.mode != "int8" or self._gemm is None:
             return [], ()
         # every buffer the forward writes that is alive at its last op (the head): what the loss, the backward and
@@ -153,7 +168,9 @@ class TrainStep:
         train = [n for n in self.specs if n.startswith("train:")]  # copied into the groups before each forward
         parts = []
         for n0, n1 in batch_split.group_bounds(opts.batch, groups):
-            part = TrainStep(self.model, self.cfg, self.n_classes, dataclasses.replace(opts, batch=n1 - n0),
+            # reordering off: the group step keeps every gradient to the end of its backward, for the sum over groups
+            part = TrainStep(self.model, self.cfg, self.n_classes,
+                             dataclasses.replace(opts, batch=n1 - n0, reorder=False),
                              split=1, _host=self._gemm.share(n0, n1, opts.batch))
             # (destination, source) views bound once: in before the forward, out after it
             copy_in = [(part.v(n), self.v(n)) for n in train]
@@ -161,12 +178,31 @@ class TrainStep:
             parts.append(((n0, n1), part, copy_in, copy_out))
         return parts, handover
 
+    def _bind_split_backward(self):
+        """A split step's backward (module docstring, "Batch split", 3-4): [one job per group: its rows of the loss
+        gradient in, its backward], and [(update item, [each group's buffer of that item's gradient])] in the order
+        this step applies its updates. Nothing for an unsplit step."""
+        if not self._groups:
+            return [], []
+        N = self.opts.batch
+        jobs = [partial(_group_backward, part, part.v("grad:logits"), _image_rows(self.v("grad:logits"), n0, n1, N))
+                for (n0, n1), part, _, _ in self._groups]
+        grads = []
+        for _, part, _, _ in self._groups:
+            mine = {(it[0], it[7]): it[3] for it in part._updates}  # (tag, layer) -> gradient view
+            if len(mine) != len(part._updates) or any(isinstance(it[0], str) for it in part._backward):
+                raise RuntimeError("a group step must keep its updates to the end, one per (tag, layer)")
+            grads.append(mine)
+        order = [it for it in self._backward if isinstance(it[0], str)] + self._updates
+        return jobs, [(it, [g[(it[0], it[7])] for g in grads]) for it in order]
+
     def _run_forward(self, x):
-        """The forward pass on x (checked): in group steps where the batch is split (module docstring)."""
+        """The forward pass on x (checked): in the group steps where the batch is split (module docstring)."""
         self.v(f"act:{self.graph.input_name}")[...] = x
-        if batch_split.runs_split(self._groups):
-            batch_split.run_groups([partial(_group_forward, part, copy_in, copy_out, x[n0:n1])
-                                    for (n0, n1), part, copy_in, copy_out in self._groups])
+        if self._groups:
+            batch_split.run_in_turn_or_concurrently(
+                [partial(_group_forward, part, copy_in, copy_out, x[n0:n1])
+                 for (n0, n1), part, copy_in, copy_out in self._groups], self._groups)
             return
         for fn, args in self._forward:
             fn(*args)
@@ -479,6 +515,8 @@ class TrainStep:
             raise NumericError("the loss or its gradient is not finite (NaN/inf in the head or inputs); "
                                "the weights were not changed")
         self.t += 1
+        if self._groups:
+            return self._run_split_backward(loss)
         applied = []
         for item in self._backward:
             if isinstance(item[0], str):
@@ -499,6 +537,22 @@ class TrainStep:
                     raise NumericError(f"gradient of {item[7]} is not finite; no weight was changed")
             for item in self._updates:
                 self._apply(item)
+        return float(loss)
+
+    def _run_split_backward(self, loss):
+        """A split step after its loss (module docstring, "Batch split", 3-4). Returns the loss."""
+        batch_split.run_in_turn_or_concurrently(self._split_backward, self._groups)
+        for _, grads in self._split_updates:  # in group order, into group 0's buffer
+            for g in grads[1:]:
+                np.add(grads[0], g, out=grads[0])
+        for item, grads in self._split_updates:
+            if not upd.all_finite(grads[0]):
+                self.t -= 1
+                raise NumericError(f"gradient of {item[7]} is not finite (float32 overflow in the backward pass); "
+                                   "no weight was changed")
+        for item, grads in self._split_updates:
+            np.copyto(item[3], grads[0])  # this step's gradient buffer holds the step's gradient, as unsplit
+            self._apply(item)
         return float(loss)
 
     def _apply(self, item):
@@ -590,6 +644,15 @@ def _group_forward(part, copy_in, copy_out, x):
         fn(*args)
     for dst, src in copy_out:
         np.copyto(dst, src)
+
+
+def _group_backward(part, dlogits, rows):
+    """One group of a split backward (on its own thread, or in turn): its rows of the step's loss gradient into the
+    group step, then the group step's backward on its images. Its updates stay in its _updates, not run: the step
+    sums the gradients over the groups and updates its own parameters."""
+    np.copyto(dlogits, rows)
+    for fn, args in part._backward:
+        fn(*args)
 
 
 def _pname(tag, name):

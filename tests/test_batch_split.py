@@ -205,19 +205,36 @@ def _trained(step):
     return {n: step.v(n).copy() for n in step.specs if n.startswith(("train:", "adam:"))}
 
 
-@pytest.mark.skipif(JIT_DISABLED, reason="whole models in pure Python take minutes")
-@pytest.mark.parametrize("name,config,batch,split,kw", [
+SPLIT_STEPS = [
     ("mcunet-5fps", "49kb", 3, 2, {}),
     ("proxyless-w0.3", "49kb", 2, 2, {}),
     ("mbv2-w0.35", "49kb", 3, 3, {}),
     ("mcunet-5fps", "last", 4, 2, {}),
     ("mbv2-w0.35", "full", 2, 2, {"optimizer": "adam", "head": "cosine"}),
     ("proxyless-w0.3", "bias", 3, 2, {"save_kept_channels": False}),
-])
-def test_train_step_split_equals_the_sequential_step(name, config, batch, split, kw):
-    """Three steps of the split step give the sequential step's losses, trained parameters (and Adam state) and
-    logits bit for bit: the forward is integer arithmetic and per-row float work per image, and everything after it
-    is the same code on the same bytes."""
+    ("mcunet-5fps", "full", 4, 2, {"reorder": False, "inplace": False}),
+]
+
+
+def _same_to_float32_rounding(got, want, what):
+    """Trained arrays of a split and an unsplit step: float ones within float32 rounding of the gradients' sums
+    (1e-5 of each element, or of the array's largest magnitude where a sum of thousands of terms nearly cancels),
+    integer ones (int8 weights, int32 biases: rounded updates) within 1."""
+    assert got.keys() == want.keys()
+    for k in want:
+        a, b = want[k], got[k]
+        if a.dtype.kind == "f":
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * max(1e-30, float(np.abs(a).max())),
+                                       err_msg=f"{what}: {k}")
+        else:
+            assert np.abs(b.astype(np.int64) - a.astype(np.int64)).max() <= 1, f"{what}: {k}"
+
+
+@pytest.mark.skipif(JIT_DISABLED, reason="whole models in pure Python take minutes")
+@pytest.mark.parametrize("name,config,batch,split,kw", SPLIT_STEPS)
+def test_train_step_split_forward_and_loss_equal_the_unsplit_steps(name, config, batch, split, kw):
+    """The forward of a split step is the unsplit step's bit for bit (integer arithmetic and per-row float work per
+    image), so are its logits, features and first loss (the loss over the whole batch reads the same logits)."""
     seq = _step(name, config, batch, 1, **kw)
     par = _step(name, config, batch, split, **kw)
     assert (seq.split, par.split) == (1, split)
@@ -225,14 +242,88 @@ def test_train_step_split_equals_the_sequential_step(name, config, batch, split,
     assert "head:logits" in par._handover
     x = _images(batch, seed=4)
     labels = np.arange(batch) % 5
-    for _ in range(3):
-        assert par.run(x, labels) == seq.run(x, labels)
-    a, b = _trained(seq), _trained(par)
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_array_equal(b[k], a[k], err_msg=k)
     np.testing.assert_array_equal(par.forward_logits(x), seq.forward_logits(x))
     np.testing.assert_array_equal(par.features(x), seq.features(x))
+    assert par.run(x, labels) == seq.run(x, labels)
+
+
+@pytest.mark.skipif(JIT_DISABLED, reason="whole models in pure Python take minutes")
+@pytest.mark.parametrize("name,config,batch,split,kw", SPLIT_STEPS)
+def test_train_step_split_trains_like_the_unsplit_step(name, config, batch, split, kw):
+    """Three steps: the split step's losses, trained parameters and Adam state are the unsplit step's to float32
+    rounding (its gradients are summed per group of images, then over the groups: another float32 association of
+    the same sum). Where the step keeps its gradient buffers (reorder=False), they hold the step's gradients after
+    a run, as an unsplit step's do."""
+    seq = _step(name, config, batch, 1, **kw)
+    par = _step(name, config, batch, split, **kw)
+    x = _images(batch, seed=4)
+    labels = np.arange(batch) % 5
+    for _ in range(3):
+        a, b = seq.run(x, labels), par.run(x, labels)
+        assert abs(b - a) <= 1e-5 * abs(a), (a, b)
+    _same_to_float32_rounding(_trained(par), _trained(seq), name)
+    if not kw.get("reorder", True):
+        grads = {n: seq.v(n) for n in seq.specs if n.startswith(("dw:", "db:"))}
+        assert grads
+        _same_to_float32_rounding({n: par.v(n) for n in grads}, grads, f"{name} gradients")
+
+
+@pytest.mark.skipif(JIT_DISABLED, reason="whole models in pure Python take minutes")
+@pytest.mark.parametrize("name,config,batch,kw", [
+    ("mcunet-5fps", "49kb", 3, {}),
+    ("mbv2-w0.35", "full", 4, {"optimizer": "adam", "head": "cosine"}),
+])
+def test_train_step_split_bits_do_not_depend_on_how_the_groups_run(name, config, batch, kw, monkeypatch):
+    """The default split is a fixed group count (STEP_GROUPS), not the thread count, and the groups give the same
+    bits whether they run concurrently, in turn on one core (Numba width 1), or in turn because concurrent launches
+    are unsafe (the "workqueue" layer): losses and every trained byte equal after three steps."""
+    steps = [_step(name, config, batch, None, **kw) for _ in range(3)]
+    assert all(s.split == batch_split.STEP_GROUPS for s in steps)
+    x = _images(batch, seed=5)
+    labels = np.arange(batch) % 5
+    width = numba.get_num_threads()
+    losses = [[], [], []]
+    for _ in range(3):
+        losses[0].append(steps[0].run(x, labels))  # concurrently where this machine has two threads
+        numba.set_num_threads(1)
+        try:
+            losses[1].append(steps[1].run(x, labels))  # in turn, on the calling thread
+        finally:
+            numba.set_num_threads(width)
+        with monkeypatch.context() as mp:
+            mp.setattr(batch_split, "unsafe", lambda: "Numba's threading layer is 'workqueue'")
+            assert not batch_split.concurrent(steps[2]._groups)
+            losses[2].append(steps[2].run(x, labels))
+    assert losses[0] == losses[1] == losses[2]
+    want = _trained(steps[0])
+    for s in steps[1:]:
+        got = _trained(s)
+        for k in want:
+            assert got[k].tobytes() == want[k].tobytes(), k
+
+
+@pytest.mark.skipif(JIT_DISABLED, reason="whole models in pure Python take minutes")
+def test_train_step_split_checks_every_summed_gradient_before_any_update():
+    """A gradient that is not finite in one group (float32 overflow) makes its sum not finite: the step raises
+    NumericError and no parameter, optimizer state or step count changes."""
+    step = _step("mcunet-5fps", "49kb", 3, 2, optimizer="adam")
+    x = _images(3, seed=7)
+    labels = np.arange(3) % 5
+    step.run(x, labels)
+    before, t = _trained(step), step.t
+    item, grads = step._split_updates[len(step._split_updates) // 2]
+    part = step._groups[1][1]
+    part._backward.append((lambda g: g.fill(np.inf), (grads[1],)))  # group 1's gradient of that item overflows
+    try:
+        with pytest.raises(errors.NumericError, match=f"gradient of {item[7]}.*no weight was changed"):
+            step.run(x, labels)
+    finally:
+        part._backward.pop()
+    assert step.t == t
+    after = _trained(step)
+    for k in before:
+        assert after[k].tobytes() == before[k].tobytes(), k
+    step.run(x, labels)  # and the step goes on
 
 
 @pytest.mark.skipif(JIT_DISABLED, reason="whole models in pure Python take minutes")
@@ -249,12 +340,18 @@ def test_train_step_handover_is_every_buffer_the_backward_reads():
         assert par.v(n).tobytes() == seq.v(n).tobytes(), n
 
 
-def test_train_step_splits_only_int8_blas_steps():
-    assert _step("mcunet-5fps", "49kb", 2, 2, mode="fp32").split == 1  # fp32 sums: no bit-exact split promised
+def test_train_step_splits_only_int8_blas_steps(monkeypatch):
+    assert _step("mcunet-5fps", "49kb", 2, 2, mode="fp32").split == 1  # fp32 steps run unsplit
     assert _step("mcunet-5fps", "49kb", 2, 2, backend="reference").split == 1
     assert _step("mcunet-5fps", "49kb", 1, None).split == 1
     with pytest.raises(errors.InputError, match="split"):
         _step("mcunet-5fps", "49kb", 2, 3)
+    # the default is part of the step's arithmetic: the same count wherever splitting pays or not
+    assert _step("mcunet-5fps", "49kb", 5, None).split == batch_split.STEP_GROUPS == 2
+    monkeypatch.setattr(batch_split, "available", lambda: "not here")
+    monkeypatch.setattr(batch_split, "unsafe", lambda: "Numba's threading layer is 'workqueue'")
+    assert _step("mcunet-5fps", "49kb", 2, None).split == 2
+    assert _step("mcunet-5fps", "49kb", 3, 3).split == 3  # an explicit split too: its groups then run in turn
 
 
 def test_train_step_host_memory_counts_the_group_steps():
@@ -267,8 +364,9 @@ def test_train_step_host_memory_counts_the_group_steps():
     par = _step("mcunet-5fps", "49kb", 3, 2)
     m = _model("mcunet-5fps")
     g = with_classes(m.graph, 5)
+    # a group step is planned with operator reordering off (train.py, "Batch split"): its gradients live to the end
     peaks = sum(plan_training_step(g, load_config("49kb", m), TrainOptions(mode="int8", lr=0.01, batch=n,
-                                                                             optimizer="sgd"))[0].peak
+                                                                             optimizer="sgd", reorder=False))[0].peak
                 for n in (1, 2))
     assert par.host_bytes == seq.host_bytes + peaks + 2 * seq._gemm._w.nbytes
     assert par.plan.peak == seq.plan.peak
