@@ -44,8 +44,8 @@ from microtrain.kernels.depthwise_host import (bind_depthwise_s8, depthwise_conv
 from microtrain.kernels.gather import gather_channels
 from microtrain.kernels.gemm_f32 import bias_add_clamp_f32
 from microtrain.kernels.gemm_io import (F32_EXACT_INT, INT8_WEIGHT_MAX, exact_in_f32, im2col_f32,
-                                        requant_f64_params, requantize_acc_f32_s8_mask, weight_reach,
-                                        widen_s8_f32, widest_input)
+                                        requant_f64_params, requantize_acc_f32_s8, requantize_acc_f32_s8_mask,
+                                        weight_reach, widen_s8_f32, widest_input)
 
 F32 = np.float32
 GEMM_KINDS = ("conv2d", "pointwise")
@@ -214,7 +214,7 @@ def gemm_pointwise_s8(y, mask, x2, xf, w_src, wf, acc, acc4, bias, rq, mult, shi
         widen_s8_f32(wf, w_src, 0)
     widen_s8_f32(xf, x2, x_zp)
     np.matmul(xf, wf.T, out=acc)
-    requantize_acc_f32_s8_mask(y, mask, acc4, bias, rq, mult, shift, y_zp, lo, hi)
+    _requantize(y, mask, acc, acc4, bias, rq, mult, shift, y_zp, lo, hi)
 
 
 def gemm_conv2d_s8(y, mask, x, cols, w_src, wf, acc, acc4, bias, rq, mult, shift, x_zp, y_zp, lo, hi, k, stride,
@@ -224,7 +224,18 @@ def gemm_conv2d_s8(y, mask, x, cols, w_src, wf, acc, acc4, bias, rq, mult, shift
         widen_s8_f32(wf, w_src, 0)
     im2col_f32(cols, x, x_zp, k, k, stride, pad)
     np.matmul(cols, wf.T, out=acc)
-    requantize_acc_f32_s8_mask(y, mask, acc4, bias, rq, mult, shift, y_zp, lo, hi)
+    _requantize(y, mask, acc, acc4, bias, rq, mult, shift, y_zp, lo, hi)
+
+
+def _requantize(y, mask, acc, acc4, bias, rq, mult, shift, y_zp, lo, hi):
+    """y, and the mask unless it is NO_MASK (a layer below the backward's reach), from the exact sums acc (P, Co),
+    acc4 its (N, H, W, Co) view. Without a mask the flat (P, Co) kernel runs: the same bits, and 12-45 % faster
+    than the masked kernel's loop over image rows (MCUNet's unmasked 1x1 layers of a 6-image group, one thread:
+    e.g. (24576, 8) 92 -> 72 us, (6144, 16) 42 -> 31, (384, 160) 23 -> 13)."""
+    if mask.shape[0] == 0:
+        requantize_acc_f32_s8(y.reshape(acc.shape), acc, bias, rq, mult, shift, y_zp, lo, hi)
+    else:
+        requantize_acc_f32_s8_mask(y, mask, acc4, bias, rq, mult, shift, y_zp, lo, hi)
 
 
 def gemm_pointwise_f32(y2, x2, w2, bias, lo, hi):
