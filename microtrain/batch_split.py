@@ -89,9 +89,7 @@ def resolve_groups(batch, split, default=True):
     Raises InputError for a count outside [1, batch], or for a split where concurrent runs are unsafe."""
     if split is None:
         return auto_groups(batch) if default else 1
-    groups = int(split)
-    if groups < 1 or groups > batch:
-        raise InputError(f"split must be between 1 and the batch ({batch}), got {split}")
+    groups = _group_count(batch, split)
     if groups > 1 and unsafe():
         raise InputError(f"cannot split the batch here: {unsafe()}; use split=1")
     return groups
@@ -109,6 +107,11 @@ def resolve_step_groups(batch, split):
     bits. Raises InputError for a count outside [1, batch]."""
     if split is None:
         return min(int(batch), STEP_GROUPS)
+    return _group_count(batch, split)
+
+
+def _group_count(batch, split):
+    """int(split), or InputError if it is outside [1, batch]."""
     groups = int(split)
     if groups < 1 or groups > batch:
         raise InputError(f"split must be between 1 and the batch ({batch}), got {split}")

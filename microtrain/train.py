@@ -197,13 +197,15 @@ class TrainStep:
         return jobs, [(it, [g[(it[0], it[7])] for g in grads]) for it in order]
 
     def _run_forward(self, x):
-        """The forward pass on x (checked): in the group steps where the batch is split (module docstring)."""
-        self.v(f"act:{self.graph.input_name}")[...] = x
+        """The forward pass on x (checked): in the group steps where the batch is split (module docstring). A split
+        step does not copy x into its own arena: each group step copies its images into its own, and whatever of x
+        the backward reads comes back with the handover."""
         if self._groups:
             batch_split.run_in_turn_or_concurrently(
                 [partial(_group_forward, part, copy_in, copy_out, x[n0:n1])
                  for (n0, n1), part, copy_in, copy_out in self._groups], self._groups)
             return
+        self.v(f"act:{self.graph.input_name}")[...] = x
         for fn, args in self._forward:
             fn(*args)
 

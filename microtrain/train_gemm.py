@@ -231,7 +231,9 @@ def _requantize(y, mask, acc, acc4, bias, rq, mult, shift, y_zp, lo, hi):
     """y, and the mask unless it is NO_MASK (a layer below the backward's reach), from the exact sums acc (P, Co),
     acc4 its (N, H, W, Co) view. Without a mask the flat (P, Co) kernel runs: the same bits, and 12-45 % faster
     than the masked kernel's loop over image rows (MCUNet's unmasked 1x1 layers of a 6-image group, one thread:
-    e.g. (24576, 8) 92 -> 72 us, (6144, 16) 42 -> 31, (384, 160) 23 -> 13)."""
+    e.g. (24576, 8) 92 -> 72 us, (6144, 16) 42 -> 31, (384, 160) 23 -> 13). The choice is made here, not inside
+    requantize_acc_f32_s8_mask: viewing its (N, H, W, Co) arrays as (P, Co) there needs a reshape, which Numba types
+    only for contiguous arrays, and the kernel also takes strided ones (it raises its own shape errors for them)."""
     if mask.shape[0] == 0:
         requantize_acc_f32_s8(y.reshape(acc.shape), acc, bias, rq, mult, shift, y_zp, lo, hi)
     else:
